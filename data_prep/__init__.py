@@ -1,0 +1,1 @@
+"""Dataset preparation: BraTS-style layouts to MONAI datalists, case validation, synthetic phantoms."""
