@@ -1,0 +1,31 @@
+"""Metrics for raagr2-slim: BraTS region Dice (MONAI), BraTS HD95, and the reference study's metrics.
+
+Channel order of predictions and labels is MONAI's BraTS order, :data:`REGION_NAMES`.
+"""
+
+from __future__ import annotations
+
+from monai.metrics import DiceMetric
+
+from .hausdorff95 import BRATS_EMPTY_PENALTY, BraTSHausdorff95Metric
+from .reference import ReferenceMeanIoUMetric, ReferenceSoftDiceMetric
+
+__all__ = [
+    "REGION_NAMES",
+    "region_dice_metric",
+    "BraTSHausdorff95Metric",
+    "BRATS_EMPTY_PENALTY",
+    "ReferenceSoftDiceMetric",
+    "ReferenceMeanIoUMetric",
+]
+
+#: channel order: 0 = tumour core, 1 = whole tumour, 2 = enhancing tumour
+REGION_NAMES = ("tc", "wt", "et")
+
+
+def region_dice_metric() -> DiceMetric:
+    """BraTS region Dice on binarised (B, 3, spatial...) masks; ``aggregate()`` gives one value per region.
+
+    ``ignore_empty=False``: empty ground truth scores 1.0 if the prediction is empty too, else 0.0 (BraTS).
+    """
+    return DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False)

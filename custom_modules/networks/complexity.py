@@ -1,0 +1,59 @@
+"""Model size and cost helpers used to print complexity tables (parameters, FLOPs, checkpoint size)."""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["FLOP_COUNTER", "count_parameters", "count_flops", "checkpoint_size_mib"]
+
+#: The FLOP counter behind :func:`count_flops`. It works at the ATen level, so it also sees functional
+#: convolutions (unlike ptflops). It counts 2 FLOPs per multiply-add and counts only the ops it has
+#: formulas for (conv, matmul, ...); elementwise ops, BN, pooling and interpolation count 0.
+FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode"
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of unique parameters of ``model`` (a Parameter shared by several modules counts once).
+
+    Args:
+        model: the network.
+        trainable_only: count only parameters with ``requires_grad``.
+    """
+    seen = set()
+    total = 0
+    for p in model.parameters():  # parameters() already de-duplicates by identity; keep it explicit.
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "cpu") -> int:
+    """FLOPs of one forward pass on a random input of ``input_shape`` (e.g. ``(1, 4, 192, 192)``).
+
+    Counted by :data:`FLOP_COUNTER` (2 FLOPs per multiply-add), with the model in eval mode under
+    ``torch.no_grad``. The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(*[int(s) for s in input_shape], device=device)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        return int(counter.get_total_flops())
+    finally:
+        model.train(was_training)
+
+
+def checkpoint_size_mib(state_dict: Mapping[str, torch.Tensor]) -> float:
+    """Size in MiB (bytes / 2**20) of ``state_dict`` serialised with ``torch.save`` (in memory)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
+    return buffer.getbuffer().nbytes / 2**20
