@@ -2,7 +2,8 @@
 
 Every finder takes the sorted list of NIfTI files under the source folder and returns
 :class:`Case` objects. Missing files are kept as the *expected* path (which does not exist),
-so that :func:`data_prep.validation.validate_case` can name them. Suffixes are matched
+so that :func:`data_prep.validation.validate_case` can name them (a case whose label does not
+exist is still returned: ``prepare --all-test`` keeps it unlabelled). Suffixes are matched
 case-sensitively (UPENN-GBM ``_T1`` is not BraTS ``_t1``); ``._*`` files are ignored.
 
 Layouts (``<case>`` is the case id):

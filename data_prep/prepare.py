@@ -12,6 +12,9 @@ lists ``training``, ``validation``, ``test`` of entries::
 
     {"case_id": str, "layout": str, "image": [t1c, t1, t2, flair] paths | one 4D path, "label": path}
 
+With ``--all-test`` (segmenting new scans) a case whose label file does not exist is kept and its
+entry has no ``"label"`` key (MONAI inference reads only ``"image"``); without it, it is skipped.
+
 Conventions, the same for every layout, so one MONAI pipeline reads them all:
 
 - **Channel order** is :data:`data_prep.layouts.MODALITY_ORDER` = T1c, T1, T2, FLAIR (as MONAI's
@@ -70,7 +73,10 @@ def _save_like(data: np.ndarray, like: nib.Nifti1Image, path: Path, dtype: np.dt
 
 
 def make_entry(case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path) -> dict:
-    """Datalist entry of a validated case; writes re-ordered 4D images and converted labels."""
+    """Datalist entry of a validated case; writes re-ordered 4D images and converted labels.
+
+    The entry has no ``"label"`` if ``loaded`` has none (unlabelled case, ``--all-test`` only).
+    """
     if case.image_4d is not None:
         img, data = loaded["image"]
         order = [case.channels_4d.index(m) for m in MODALITY_ORDER]
@@ -79,12 +85,15 @@ def make_entry(case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path) 
         image: str | list[str] = _rel(image_path, src)
     else:
         image = [_rel(case.images[m], src) for m in MODALITY_ORDER]
+    entry = {"case_id": case.case_id, "layout": case.layout, "image": image}
+    if "label" not in loaded:
+        return entry
     label_path = case.label
     if case.label_convention != "brats":
         img, data = loaded["label"]
         label_path = out_dir / "labels" / f"{case.case_id}_seg.nii.gz"
         _save_like(remap_labels(data, case.label_convention), img, label_path, np.dtype(np.uint8))
-    return {"case_id": case.case_id, "layout": case.layout, "image": image, "label": _rel(label_path, src)}
+    return {**entry, "label": _rel(label_path, src)}
 
 
 def prepare_datalist(
@@ -96,6 +105,9 @@ def prepare_datalist(
     all_test: bool = False,
 ) -> dict:
     """Find, validate and split the cases under ``src``; write and return the datalist ``out``.
+
+    With ``all_test`` every case goes to ``test`` and a case without a label file is kept (its
+    entry has no ``"label"``); otherwise a missing label skips the case.
 
     Raises:
         FileNotFoundError: ``src`` is not a folder.
@@ -116,7 +128,7 @@ def prepare_datalist(
             problems = [f"{case.source}: duplicate case id (already kept from {kept_at[case.case_id].parent})"]
         else:
             try:
-                problems, loaded = inspect_case(case)
+                problems, loaded = inspect_case(case, label_required=not all_test)
                 if not problems:
                     entries[case.case_id] = make_entry(case, loaded, src, out_dir)
                     kept_at[case.case_id] = case.source
@@ -128,10 +140,11 @@ def prepare_datalist(
 
     layouts = Counter(c.layout for c in cases)
     reasons = Counter(fault_kind(p[0]) for p in skipped)
+    unlabelled = sum("label" not in e for e in entries.values())
     logger.info(
-        "found %d cases (%s), kept %d, skipped %d%s", len(cases),
+        "found %d cases (%s), kept %d%s, skipped %d%s", len(cases),
         ", ".join(f"{k}: {v}" for k, v in sorted(layouts.items())) or "no known layout",
-        len(entries), len(skipped),
+        len(entries), f" ({unlabelled} without label: test only)" if unlabelled else "", len(skipped),
         f" ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})" if reasons else "",
     )
     if not entries:
@@ -165,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val", type=float, default=0.15, help="validation fraction (default 0.15)")
     parser.add_argument("--test", type=float, default=0.15, help="test fraction (default 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    parser.add_argument("--all-test", action="store_true", help="put every case in 'test' (to segment a folder)")
+    parser.add_argument(
+        "--all-test", action="store_true",
+        help="put every case in 'test' and keep cases without a label file (to segment a folder)",
+    )
     args = parser.parse_args(argv)
 
     pkg_logger = logging.getLogger("data_prep")

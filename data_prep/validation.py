@@ -7,6 +7,7 @@ returns the loaded volumes so that label conversion does not read them again.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import nibabel as nib
@@ -52,20 +53,24 @@ def _label_values(data: np.ndarray) -> np.ndarray:
     return np.unique(data)
 
 
-def inspect_case(case: Case) -> tuple[list[str], dict[str, Loaded]]:
+def inspect_case(case: Case, label_required: bool = True) -> tuple[list[str], dict[str, Loaded]]:
     """Validate ``case`` and return ``(problems, loaded)``.
 
     ``loaded`` maps ``"image"`` (4D layouts), each modality (3D layouts) and ``"label"``
     to the :class:`Loaded` file. Checks: files exist and are readable NIfTI, 3D volumes
     (4D with ``len(case.channels_4d)`` channels last for ``image_4d``), equal spatial shape and
     affine (``AFFINE_ATOL``) across modalities and label, no NaN/Inf in images, label values in
-    the set of ``case.label_convention``.
+    the set of ``case.label_convention``. Without ``label_required`` a label path that does not
+    exist at all is not a problem (``loaded`` then has no ``"label"``); a label that exists is
+    checked as usual.
     """
     roles = [("image", case.image_4d)] if case.image_4d else list(case.images.items())
+    if label_required or (case.label is not None and os.path.lexists(case.label)):
+        roles.append(("label", case.label))
     problems: list[str] = []
     loaded: dict[str, Loaded] = {}
     geometry: list[tuple] = []  # (path, spatial shape, affine) of each readable file
-    for role, path in [*roles, ("label", case.label)]:
+    for role, path in roles:
         if path is None or not path.is_file():
             what = "missing label" if role == "label" else f"missing modality {role}"
             problems.append(f"{path}: {what} (file not found)")
@@ -124,6 +129,6 @@ def _geometry_problems(geometry: list[tuple]) -> list[str]:
     return problems
 
 
-def validate_case(case: Case) -> list[str]:
+def validate_case(case: Case, label_required: bool = True) -> list[str]:
     """Problems of ``case`` (empty if it can be used), see :func:`inspect_case`."""
-    return inspect_case(case)[0]
+    return inspect_case(case, label_required)[0]

@@ -26,13 +26,13 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Six 32x32x16 phantom cases and their patient-level datalist: (dataset_dir, datalist)."""
+    """Six 32x32x16 phantom cases and their patient-level datalist (2 validation cases): (dataset_dir, datalist)."""
     from data_prep.prepare import prepare_datalist
     from data_prep.synthetic import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_phantom_dataset(root / "data", 6, seed=1, shape=(32, 32, 16))
-    prepare_datalist(root / "data", root / "datalist.json", seed=1)
+    prepare_datalist(root / "data", root / "datalist.json", val_fraction=0.34, seed=1)  # 2 validation cases for 2 DDP ranks
     return root / "data", root / "datalist.json"
 
 

@@ -116,6 +116,26 @@ def test_layout_found_with_modality_order_and_brats_labels(tmp_path: Path, layou
         assert img.get_data_dtype() == np.uint8 and np.allclose(img.affine, np.eye(4))
 
 
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_unlabelled_case_kept_only_with_all_test(tmp_path: Path, caplog, layout: str) -> None:
+    src = tmp_path / "src"
+    cid = WRITERS[layout][0](src)
+    (case,) = find_cases(src)
+    case.label.unlink()
+    (case,) = find_cases(src)  # still found, once, with the expected label path
+    assert (case.case_id, case.layout) == (cid, layout) and not case.label.exists()
+    caplog.set_level("INFO", logger="data_prep")
+    datalist = prepare_datalist(src, tmp_path / "out" / "datalist.json", all_test=True)
+    (entry,) = datalist["test"]
+    assert (entry["case_id"], entry["layout"]) == (cid, layout) and "label" not in entry
+    assert "SKIP" not in caplog.text and "kept 1 (1 without label: test only), skipped 0" in caplog.text
+    assert not (tmp_path / "out" / "labels").exists()
+    caplog.clear()
+    with pytest.raises(RuntimeError, match="no usable case"):
+        prepare_datalist(src, tmp_path / "out" / "datalist.json")
+    assert f"SKIP {cid}: {case.label}: missing label (file not found)" in caplog.text
+
+
 def test_all_layouts_together_no_cross_detection(tmp_path: Path) -> None:
     expected = {(writer(tmp_path), name) for name, (writer, _) in WRITERS.items()}
     assert {(c.case_id, c.layout) for c in find_cases(tmp_path)} == expected

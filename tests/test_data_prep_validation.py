@@ -78,6 +78,25 @@ def test_bad_case_skipped_others_kept(src: Path, tmp_path: Path, capsys, fault: 
     assert kept == ["Phantom_000", "Phantom_002"]
 
 
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_all_test_keeps_only_unlabelled_cases(src: Path, tmp_path: Path, capsys, fault: str) -> None:
+    suffix, corrupt, message = FAULTS[fault]
+    corrupt(_path(src, suffix))
+    out = tmp_path / "datalist.json"
+    assert main(["--src", str(src), "--out", str(out), "--all-test"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    skips = [line for line in lines if line.startswith("SKIP")]
+    entries = {e["case_id"]: e for e in json.loads(out.read_text())["test"]}
+    if fault == "missing_label":  # the only fault --all-test accepts: kept, entry without "label"
+        assert skips == [] and sorted(entries) == ["Phantom_000", BAD, "Phantom_002"]
+        assert "label" not in entries[BAD] and all("label" in entries[c] for c in ("Phantom_000", "Phantom_002"))
+        assert any("kept 3 (1 without label: test only), skipped 0" in line for line in lines), lines
+    else:  # every other fault (a present label included) is still checked
+        assert len(skips) == 1 and skips[0].startswith(f"SKIP {BAD}: {_path(src, suffix)}: {message}"), lines
+        assert sorted(entries) == ["Phantom_000", "Phantom_002"]
+        assert any("kept 2, skipped 1" in line for line in lines), lines
+
+
 def test_validate_case_good_and_bad(src: Path) -> None:
     cases = {c.case_id: c for c in find_cases(src)}
     assert validate_case(cases[BAD]) == []

@@ -83,7 +83,8 @@ class TrainingStateSaver:
         if not _is_main_process():
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
-        state["trainer"] = engine.state_dict()
+        state["trainer"] = engine.state_dict()  # iteration, epoch_length, max_epochs
+        state["epoch"] = engine.state.epoch
         if self.evaluator is not None:
             state["evaluator_best"] = {
                 "best_metric": float(self.evaluator.state.best_metric),

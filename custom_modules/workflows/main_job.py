@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "bundles" / "raagr2_baseline"
 
 #: settings for the built-in phantoms: small volumes so that the whole job fits in minutes on 2 CPU cores
-PHANTOM_SETTINGS = {"size": (64, 64, 32), "cases": 14, "epochs": 8, "learning_rate": 1e-3}
+PHANTOM_SETTINGS = {"size": (64, 64, 32), "cases": 20, "epochs": 15, "learning_rate": 1e-3}
 #: settings for real BraTS-size data
 REAL_SETTINGS = {"roi_size": [192, 192], "infer_roi_size": [240, 240], "epochs": 35, "learning_rate": 1e-4}
 
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="BraTS-style folder; default: make phantoms")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "main_job", help="output folder")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8 phantom, 35 real)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 phantom, 35 real)")
     parser.add_argument("--cases", type=int, default=PHANTOM_SETTINGS["cases"], help="number of phantoms")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
