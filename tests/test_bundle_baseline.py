@@ -137,3 +137,20 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, phantom_dataset) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert torch.load(tmp_path / "models" / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_inference_on_one_four_channel_nifti(trained_bundle: Path, phantom_dataset, tmp_path: Path) -> None:
+    """MONAI Label style input: one 4D NIfTI (channels last) instead of four files."""
+    dataset_dir, datalist = phantom_dataset
+    case = json.loads(datalist.read_text())["test"][0]
+    first = nib.load(dataset_dir / case["image"][0])
+    stacked = np.stack([np.asarray(nib.load(dataset_dir / p).dataobj) for p in case["image"]], axis=-1)
+    nib.save(nib.Nifti1Image(stacked, first.affine), tmp_path / "case4d.nii.gz")
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"case_id": "case4d", "image": "case4d.nii.gz"}]}))
+    run_bundle([CONFIGS / "inference.json"], "inference",
+               {"bundle_root": trained_bundle, "dataset_dir": tmp_path, "data_list_file_path": tmp_path / "datalist.json",
+                "network_def#features": TINY["network_def#features"], "infer_roi_size": TINY["infer_roi_size"],
+                "num_workers": 0, "output_dir": tmp_path / "pred"}, cwd=tmp_path)
+    written = nib.load(tmp_path / "pred" / "case4d_seg.nii.gz")
+    assert written.shape == first.shape and written.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(written.affine, first.affine, atol=1e-5)

@@ -9,19 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from custom_modules.networks import (
-    FLOP_COUNTER,
-    AttentionBlock,
-    ConvOne,
-    RAAGR2Net,
-    ReASPP3,
-    RecurrentBlock,
-    RRCNNBlock,
-    UpConv,
-    checkpoint_size_mib,
-    count_flops,
-    count_parameters,
-)
+from custom_modules.networks import FLOP_COUNTER, RAAGR2Net, checkpoint_size_mib, count_flops, count_parameters
+from custom_modules.networks.blocks import AttentionBlock, ConvOne, ReASPP3, RecurrentBlock, RRCNNBlock, UpConv
 
 # Spec section 2.3, layer table (out_channels=5).
 STAGE_PARAMS = {

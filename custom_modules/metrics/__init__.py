@@ -23,9 +23,10 @@ __all__ = [
 REGION_NAMES = ("tc", "wt", "et")
 
 
-def region_dice_metric() -> DiceMetric:
-    """BraTS region Dice on binarised (B, 3, spatial...) masks; ``aggregate()`` gives one value per region.
+def region_dice_metric(reduction: str = "mean_batch") -> DiceMetric:
+    """BraTS region Dice on binarised (B, 3, spatial...) masks; the bundles' validation key metric.
 
     ``ignore_empty=False``: empty ground truth scores 1.0 if the prediction is empty too, else 0.0 (BraTS).
+    ``reduction="mean_batch"`` aggregates one value per region; ``"mean"`` one scalar (a key metric).
     """
-    return DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False)
+    return DiceMetric(include_background=True, reduction=reduction, ignore_empty=False)

@@ -185,4 +185,8 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"main job failed: {e}", file=sys.stderr)
+        sys.exit(1)
