@@ -1,6 +1,14 @@
-"""Networks of raagr2-slim: RAAGR2-Net (blocks in :mod:`.blocks`) and complexity helpers."""
+"""Networks of raagr2-slim: RAAGR2-Net and its weight-shared variants (blocks in :mod:`.blocks`), complexity helpers."""
 
 from .complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters
-from .raagr2net import RAAGR2Net, check_spatial_shape
+from .raagr2net import SHARING_MODES, RAAGR2Net, check_spatial_shape
 
-__all__ = ["FLOP_COUNTER", "RAAGR2Net", "check_spatial_shape", "checkpoint_size_mib", "count_flops", "count_parameters"]
+__all__ = [
+    "FLOP_COUNTER",
+    "SHARING_MODES",
+    "RAAGR2Net",
+    "check_spatial_shape",
+    "checkpoint_size_mib",
+    "count_flops",
+    "count_parameters",
+]

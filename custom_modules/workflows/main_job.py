@@ -4,8 +4,10 @@ Usage::
 
     python -m custom_modules.workflows.main_job                       # built-in phantom data
     python -m custom_modules.workflows.main_job --data /path/to/BraTS  # any layout data_prep understands
+    python -m custom_modules.workflows.main_job --bundle bundles/raagr2_shared_depthwise
 
-It drives ``bundles/raagr2_baseline`` through ``python -m monai.bundle run`` exactly as a user would, then
+It drives a bundle (default ``bundles/raagr2_baseline``) through ``python -m monai.bundle run`` exactly as a
+user would, then
 prints a table (per-region Dice and HD95, parameters, FLOPs, timings) and writes ``report.md``,
 ``report.json`` and ``region_dice.png`` into the work folder.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from custom_modules.networks import RAAGR2Net
+from custom_modules.bundle_tools import bundle_network
 from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters
 from custom_modules.report import plot_region_dice, region_summary, render_markdown
 from custom_modules.workflows.bundle_cli import run_bundle
@@ -31,7 +33,7 @@ from data_prep.prepare import prepare_datalist
 from data_prep.synthetic import write_phantom_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = REPO_ROOT / "bundles" / "raagr2_baseline"
+DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "raagr2_baseline"
 
 #: settings for the built-in phantoms: small volumes so that the whole job fits in minutes on 2 CPU cores
 PHANTOM_SETTINGS = {"size": (64, 64, 32), "cases": 20, "epochs": 15, "learning_rate": 1e-3}
@@ -41,6 +43,7 @@ REAL_SETTINGS = {"roi_size": [192, 192], "infer_roi_size": [240, 240], "epochs":
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle folder (default: baseline)")
     parser.add_argument("--data", type=Path, default=None, help="BraTS-style folder; default: make phantoms")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "runs" / "main_job", help="output folder")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 15 phantom, 35 real)")
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    configs = BUNDLE / "configs"
+    bundle = args.bundle.resolve()
+    configs = bundle / "configs"
     dataset_dir, datalist, overrides = prepare_data(args, workdir)
     common = {
         "bundle_root": workdir,
@@ -120,12 +124,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print("[5/5] measuring size and cost of the network", flush=True)
     metrics = json.loads((workdir / "eval" / "per_case_metrics.json").read_text())
-    report = build_report(metrics["cases"], train_s, eval_s, infer_s, overrides, predictions)
+    report = build_report(bundle, metrics["cases"], train_s, eval_s, infer_s, overrides, predictions)
     write_report(report, metrics["cases"], workdir)
     return report
 
 
 def build_report(
+    bundle: Path,
     cases: list[dict[str, Any]],
     train_s: float,
     eval_s: float,
@@ -134,11 +139,11 @@ def build_report(
     predictions: Path,
 ) -> dict[str, Any]:
     """Everything the table shows, as plain numbers."""
-    torch.set_num_threads(torch.get_num_threads())
-    bundle_net = RAAGR2Net(in_channels=4, out_channels=3, sigmoid=False)
-    spec_net = RAAGR2Net(in_channels=4, out_channels=5)
+    bundle_net = bundle_network(bundle)
+    spec_net = bundle_network(bundle, {"network_def#out_channels": 5, "network_def#sigmoid": True})
     slice_shape = (1, 4, 192, 192)
     return {
+        "bundle": bundle.name,
         "test_cases": len(cases),
         "regions": region_summary(cases),
         "parameters_bundle_3ch": count_parameters(bundle_net),
@@ -176,8 +181,8 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
         ("segmentation time", f"{report['inference_seconds']:.0f} s"),
         ("label maps written", str(len(report["label_maps"]))),
     ]
-    table = render_markdown(rows, "RAAGR2-Net baseline: main job")
-    png = plot_region_dice(cases, workdir / "region_dice.png", "Baseline, per test case")
+    table = render_markdown(rows, f"{report['bundle']}: main job")
+    png = plot_region_dice(cases, workdir / "region_dice.png", f"{report['bundle']}, per test case")
     (workdir / "report.md").write_text(table + f"\n![per-case Dice]({png.name})\n")
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     print("\n" + table)

@@ -1,0 +1,26 @@
+"""Build the network a bundle declares (``network_def`` of its ``configs/inference.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+
+def bundle_network(bundle_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Instantiate ``network_def`` from ``<bundle_dir>/configs/inference.json`` with optional ``#`` overrides.
+
+    Example: ``bundle_network("bundles/raagr2_baseline", {"network_def#out_channels": 5})``.
+    """
+    config = Path(bundle_dir) / "configs" / "inference.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} not found: {bundle_dir} is not a bundle folder")
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser["bundle_root"] = str(bundle_dir)
+    for config_id, value in (overrides or {}).items():
+        parser[config_id] = value
+    return parser.get_parsed_content("network_def")
