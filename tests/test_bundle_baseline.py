@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, REAL_CASES, REPO_ROOT, SCHEMA, TINY
+from conftest import BASELINE, REAL_CASES, SCHEMA, TINY
 from custom_modules.workflows.bundle_cli import run_bundle
 
 CONFIGS = BASELINE / "configs"
