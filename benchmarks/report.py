@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from custom_modules.report import new_figure, save_figure
 
 __all__ = ["RATIO_KEYS", "compute_ratios", "render_tables", "plot_ratios"]
 
@@ -109,16 +110,11 @@ def _rule(cells: Sequence[str]) -> str:
 
 def plot_ratios(result: Mapping[str, Any], path: str | Path) -> Path:
     """Bar chart of volume latency and parameter count per variant, relative to the reference; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["ratios"])
     by_name = {v["name"]: v for v in result["variants"]}
     series = (("volume_latency_s", "volume latency", "{:.3g} s"), ("params", "parameters", "{:.2f} M"))
     width = 0.38
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 4), dpi=120)
+    fig, ax = new_figure((max(5.0, 1.6 * len(names) + 2), 4))
     for i, (key, label, fmt) in enumerate(series):
         xs = [j + (i - 0.5) * width for j in range(len(names))]
         heights = [result["ratios"][n][key] or 0.0 for n in names]
@@ -133,9 +129,4 @@ def plot_ratios(result: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylabel(f"ratio vs {result['reference']}")
     ax.set_title(f"Volume latency and parameters ({result['settings']['device']}, {result['machine']['device_name']})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from custom_modules.networks import FLOP_COUNTER, RAAGR2Net, checkpoint_size_mib, count_flops, count_parameters
+from custom_modules.export import export_onnx, onnx_max_abs_diff
 from custom_modules.networks.blocks import AttentionBlock, ConvOne, ReASPP3, RecurrentBlock, RRCNNBlock, UpConv
 
 # Spec section 2.3, layer table (out_channels=5).
@@ -147,39 +148,15 @@ def test_torchscript_matches_eager():
 
 
 def test_onnx_dynamo_export_dynamic_hw(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     onnx = pytest.importorskip("onnx")
     torch.manual_seed(0)
     net = RAAGR2Net(out_channels=3, sigmoid=False).eval()
-    path = tmp_path / "raagr2.onnx"
-    # The export cost (~15 s on 2 cores) is torch.export + decompositions of the graph; it does not depend on
-    # the input size or channel widths, so the spec widths are kept.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "dynamic_axes is not recommended when dynamo=True"
-        warnings.simplefilter("ignore", FutureWarning)  # torch.export internals (pytree LeafSpec)
-        torch.onnx.export(
-            net,
-            (torch.randn(1, 4, 64, 64),),
-            str(path),
-            dynamo=True,
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_axes={"image": [0, 2, 3], "pred": [0, 2, 3]},
-            opset_version=18,
-            verbose=False,
-        )
+    path = export_onnx(net, tmp_path / "raagr2.onnx", example_shape=(1, 4, 64, 64))  # ~15 s: torch.export itself
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in [(2, 4, 32, 48), (1, 4, 96, 80)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            expected = net(x).numpy()
-        (got,) = sess.run(["pred"], {"image": x.numpy()})
-        assert got.shape == (shape[0], 3, shape[2], shape[3])
-        torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(expected), atol=1e-4, rtol=1e-4)
+    assert onnx_max_abs_diff(net, path, [(2, 4, 32, 48), (1, 4, 96, 80)]) < 1e-4
 
 
 # ----------------------------------------------------------------------------------------------- complexity

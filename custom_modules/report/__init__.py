@@ -1,5 +1,5 @@
 """Tables and figures that summarise a run: per-region metrics, model size and cost, timings."""
 
-from .summary import region_summary, render_markdown, plot_region_dice
+from .summary import new_figure, plot_region_dice, region_summary, render_markdown, save_figure
 
-__all__ = ["plot_region_dice", "region_summary", "render_markdown"]
+__all__ = ["new_figure", "plot_region_dice", "region_summary", "render_markdown", "save_figure"]

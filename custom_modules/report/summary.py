@@ -32,15 +32,32 @@ def render_markdown(rows: Sequence[tuple[str, str]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_region_dice(cases: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
-    """Per-case WT/TC/ET Dice as a box plot with the individual cases overlaid; writes a PNG."""
+def new_figure(figsize: tuple[float, float] = (5, 4)) -> tuple[Any, Any]:
+    """A matplotlib figure and axes on the non-interactive Agg backend (headless machines, CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=figsize, dpi=120)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_region_dice(cases: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
+    """Per-case WT/TC/ET Dice as a box plot with the individual cases overlaid; writes a PNG."""
     values = [[float(case[f"{region}_dice"]) for case in cases] for region in REGIONS]
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig, ax = new_figure()
     ax.boxplot(values, showmeans=True)
     ax.set_xticks(range(1, len(REGIONS) + 1), [r.upper() for r in REGIONS])
     for i, region_values in enumerate(values, start=1):
@@ -49,9 +66,4 @@ def plot_region_dice(cases: Sequence[Mapping[str, Any]], path: str | Path, title
     ax.set_ylabel("Dice per case")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from custom_modules.report import render_markdown
+from custom_modules.report import new_figure, render_markdown, save_figure
 from custom_modules.workflows.main_job import PHANTOM_SETTINGS, REPO_ROOT
 from custom_modules.workflows.main_job import main as run_main_job
 
@@ -26,12 +26,7 @@ REGIONS = ("wt", "tc", "et")
 
 def plot_comparison(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     """Grouped bars: mean Dice per region and bundle, with the standard deviation over test cases."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = new_figure((6, 4))
     width = 0.8 / len(reports)
     for i, (name, report) in enumerate(reports.items()):
         means = [report["regions"][f"{r}_dice"]["mean"] for r in REGIONS]
@@ -43,10 +38,7 @@ def plot_comparison(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("Dice per test case (mean ± sd)")
     ax.set_title("Same phantoms, seed and budget")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
