@@ -50,6 +50,17 @@ def test_hd95_spacing_scales():
     assert BraTSHausdorff95Metric(spacing=2.0)(p, y, spacing=0.5).item() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_hd95_spacing_from_ground_truth_affine():
+    """Without an explicit spacing, the voxel size comes from the label's affine (as loaded from NIfTI)."""
+    from monai.data import MetaTensor
+
+    y, p = _cube()[None], _cube(shift=2)[None]
+    affine = torch.diag(torch.tensor([3.0, 1.0, 1.0, 1.0]))
+    labelled = [MetaTensor(y, affine=affine)]
+    assert BraTSHausdorff95Metric()([p], labelled).item() == pytest.approx(6.0, abs=1e-4)
+    assert BraTSHausdorff95Metric(spacing=1.0)([p], labelled).item() == pytest.approx(2.0, abs=1e-4)
+
+
 def test_hd95_empty_conventions_and_aggregate():
     cube, empty = _cube(), torch.zeros(24, 24, 24)
     # channels: both empty, empty prediction, empty ground truth
