@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import BASELINE, REAL_CASES, SCHEMA, TINY
-from custom_modules.workflows.bundle_cli import run_bundle
+from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
 
 CONFIGS = BASELINE / "configs"
 
@@ -26,13 +26,6 @@ def _train_overrides(bundle_root: Path, dataset: tuple[Path, Path], epochs: int)
     dataset_dir, datalist = dataset
     return {**TINY, "bundle_root": bundle_root, "dataset_dir": dataset_dir, "data_list_file_path": datalist,
             "epochs": epochs, "learning_rate": 1e-3}
-
-
-def _command(run_id: str, config_files: list[Path], overrides: dict) -> list[str]:
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str([str(f) for f in config_files])]
-    for key, value in overrides.items():
-        command += [f"--{key}", str(value)]
-    return command
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def test_training_writes_checkpoints_tensorboard_and_metrics(trained_bundle: Pat
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path, phantom_dataset) -> None:
     overrides = _train_overrides(tmp_path, phantom_dataset, 4)
-    command = _command("training", [CONFIGS / "train.json"], overrides)
+    command = bundle_command([CONFIGS / "train.json"], "training", overrides)
     checkpoint = tmp_path / "models" / "checkpoint_last.pt"
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -131,7 +124,7 @@ def test_metadata_rejects_missing_required_field(tmp_path: Path) -> None:
 def test_ddp_two_processes_on_cpu(tmp_path: Path, phantom_dataset) -> None:
     overrides = _train_overrides(tmp_path, phantom_dataset, 1)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-               *_command("training", [CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json"], overrides)[1:]]
+               *bundle_command([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json"], "training", overrides)[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

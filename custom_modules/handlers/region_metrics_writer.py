@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,6 +12,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import string_list_all_gather
+
+from custom_modules.report.summary import region_summary
 
 from .checkpoint import _is_main_process
 
@@ -30,11 +31,6 @@ def _case_id(item: Mapping[str, Any], image_key: str) -> str:
     meta = getattr(item.get(image_key), "meta", {})
     name = meta.get("filename_or_obj", "unknown")
     return os.path.basename(str(name[0] if isinstance(name, (list, tuple)) else name))
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
 
 
 class RegionMetricsWriter:
@@ -111,7 +107,8 @@ class RegionMetricsWriter:
         rows = self.rows(engine)
         if not rows:
             return
-        mean = {c: _mean([r[c] for r in rows]) for c in rows[0] if c != "case"}
+        summary = region_summary(rows)
+        mean = {c: stats["mean"] for c, stats in summary.items()}
         for c, v in mean.items():
             if c.endswith(("_dice", "_hd95")) and c.split("_")[0] in self.region_names:
                 engine.state.metrics[f"{self.prefix}_{c}"] = v
@@ -129,4 +126,5 @@ class RegionMetricsWriter:
             writer.writerows(rows)
             writer.writerow({"case": "mean", **mean})
         with open(base + ".json", "w") as f:
-            json.dump({"epoch": engine.state.epoch, "cases": rows, "mean": mean}, f, indent=2)
+            json.dump({"epoch": engine.state.epoch, "cases": rows, "mean": mean,
+                       "std": {c: stats["std"] for c, stats in summary.items()}}, f, indent=2)

@@ -34,7 +34,7 @@ ENCODER_BLOCKS: Dict[str, BlockFactory] = {
 SHARING_MODES = tuple(ENCODER_BLOCKS)
 
 
-def check_spatial_shape(x: torch.Tensor, divisor: int = 16) -> None:
+def check_spatial_shape(x: torch.Tensor, divisor: int = SPATIAL_DIVISOR) -> None:
     """Raise ``ValueError`` unless ``x`` is ``[B, C, H, W]`` with H and W divisible by ``divisor``.
 
     A plain ``if`` on ``x.shape``: it works under ``torch.jit.script`` (raised as ``torch.jit.Error`` carrying

@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any
 
 
-def _cli_value(value: Any) -> str:
-    """Python-literal text that ``fire`` parses back into ``value``."""
-    return str(value) if isinstance(value, (list, tuple, bool, int, float)) else str(value)
+def bundle_command(
+    config_files: Sequence[str | Path], run_id: str = "run", overrides: Mapping[str, Any] | None = None
+) -> list[str]:
+    """``python -m monai.bundle run <run_id> --config_file [...] --key value ...`` as an argument list.
+
+    Values are passed as ``str(value)``: ``fire`` parses lists, numbers and booleans back from that text.
+    """
+    files = [str(Path(f).resolve()) for f in config_files]
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(files)]
+    for key, value in (overrides or {}).items():
+        command += [f"--{key}", str(value)]
+    return command
 
 
 def run_bundle(
@@ -26,10 +35,7 @@ def run_bundle(
     Raises:
         RuntimeError: naming the command when the bundle run fails (its output has been shown already).
     """
-    files = [str(Path(f).resolve()) for f in config_files]
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(files)]
-    for key, value in (overrides or {}).items():
-        command += [f"--{key}", _cli_value(value)]
+    command = bundle_command(config_files, run_id, overrides)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd)
     if result.returncode != 0:

@@ -99,28 +99,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = args.bundle.resolve()
     configs = bundle / "configs"
     dataset_dir, datalist, overrides = prepare_data(args, workdir)
-    common = {
-        "bundle_root": workdir,
-        "dataset_dir": dataset_dir,
-        "data_list_file_path": datalist,
-        "num_workers": 0,
-        "seed": args.seed,
-    }
+    paths = {"bundle_root": workdir, "dataset_dir": dataset_dir, "data_list_file_path": datalist, "num_workers": 0}
+    train = {**paths, "seed": args.seed, **overrides}
 
-    print(f"[2/5] training the baseline bundle for {overrides['epochs']} epochs", flush=True)
-    train_s = run_bundle([configs / "train.json"], "training", {**common, **overrides})
+    print(f"[2/5] training {bundle.name} for {overrides['epochs']} epochs", flush=True)
+    train_s = run_bundle([configs / "train.json"], "training", train)
 
     print("[3/5] evaluating per patient on the held-out test cases (whole volumes, SliceInferer)", flush=True)
-    eval_s = run_bundle([configs / "train.json", configs / "evaluate.json"], "run", {**common, **overrides})
+    eval_s = run_bundle([configs / "train.json", configs / "evaluate.json"], "run", train)
 
     print("[4/5] segmenting the test cases to BraTS label maps", flush=True)
-    infer_overrides = {k: v for k, v in {**common, **overrides}.items() if k in ("infer_roi_size",)}
     predictions = workdir / "predictions"
-    infer_s = run_bundle(
-        [configs / "inference.json"],
-        "inference",
-        {**{k: v for k, v in common.items() if k != "seed"}, **infer_overrides, "output_dir": predictions},
-    )
+    infer = {**paths, "infer_roi_size": overrides["infer_roi_size"], "output_dir": predictions}
+    infer_s = run_bundle([configs / "inference.json"], "inference", infer)
 
     print("[5/5] measuring size and cost of the network", flush=True)
     metrics = json.loads((workdir / "eval" / "per_case_metrics.json").read_text())
