@@ -97,6 +97,15 @@ class RAAGR2Net(nn.Module):
             raise ValueError(f"sharing must be one of {SHARING_MODES}, got {sharing!r}.")
         self.sharing = sharing
         f1, f2, f3, f4, f5 = (int(f) for f in features)
+        #: the constructor arguments (JSON-serialisable), e.g. to write this network's ``network_def``
+        self.init_args: Dict[str, object] = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "features": [f1, f2, f3, f4, f5],
+            "dropout": dropout,
+            "sigmoid": sigmoid,
+            "sharing": sharing,
+        }
         encoder_block = ENCODER_BLOCKS[sharing]
         decoder_block: BlockFactory = (
             SharedReASPP3 if sharing == "encoder_decoder" else partial(RRCNNBlock, dropout=dropout)
