@@ -46,3 +46,22 @@ def real_datalist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real") / "datalist.json"
     prepare_datalist(REAL_CASES, out, all_test=True)
     return out
+
+
+def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: Path = REAL_CASES) -> int:
+    """Every ``test`` case of ``datalist`` has ``<case_id>_seg.nii.gz`` in ``pred_dir``: a uint8 BraTS label map
+    (0/1/2/4) with its input's shape and affine. Returns the number of cases checked."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    cases = json.loads(Path(datalist).read_text())["test"]
+    for case in cases:
+        reference = nib.load(Path(dataset_dir) / case["image"][0])
+        written = nib.load(Path(pred_dir) / f"{case['case_id']}_seg.nii.gz")
+        assert written.shape == reference.shape
+        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+        assert written.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
+    return len(cases)

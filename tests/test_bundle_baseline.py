@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BASELINE, REAL_CASES, SCHEMA, TINY
+from conftest import BASELINE, REAL_CASES, SCHEMA, TINY, assert_label_maps_match_inputs
 from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
 
 CONFIGS = BASELINE / "configs"
@@ -84,14 +84,7 @@ def test_evaluate_and_infer_on_real_cases(trained_bundle: Path, real_datalist: P
     assert (tmp_path / "eval" / "per_case_metrics.csv").read_text().count("\n") == 4  # header, 2 cases, mean
 
     run_bundle([CONFIGS / "inference.json"], "inference", {**common, "output_dir": tmp_path / "pred"}, cwd=tmp_path)
-    datalist = json.loads(real_datalist.read_text())
-    for case in datalist["test"]:
-        reference = nib.load(REAL_CASES / case["image"][0])
-        written = nib.load(tmp_path / "pred" / f"{case['case_id']}_seg.nii.gz")
-        assert written.shape == reference.shape
-        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
-        assert written.get_data_dtype() == np.uint8
-        assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
+    assert assert_label_maps_match_inputs(tmp_path / "pred", real_datalist) == 2
 
 
 def test_verify_metadata_and_net_in_out(tmp_path: Path) -> None:

@@ -13,12 +13,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_CASES, REPO_ROOT, SCHEMA, TINY
+from conftest import REAL_CASES, REPO_ROOT, SCHEMA, TINY, assert_label_maps_match_inputs
 from custom_modules.bundle_tools.network import bundle_network
 from custom_modules.networks import RAAGR2Net
 from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
@@ -220,15 +218,7 @@ def test_pruned_bundle_infers_real_cases(trained_pruned: Path, real_datalist: Pa
     run_bundle([trained_pruned / "configs" / "inference.json"], "inference",
                {"bundle_root": trained_pruned, "dataset_dir": REAL_CASES, "data_list_file_path": real_datalist,
                 "num_workers": 0, "output_dir": tmp_path / "pred"}, cwd=tmp_path)
-    cases = json.loads(real_datalist.read_text())["test"]
-    assert len(cases) == 2
-    for case in cases:
-        reference = nib.load(REAL_CASES / case["image"][0])
-        written = nib.load(tmp_path / "pred" / f"{case['case_id']}_seg.nii.gz")
-        assert written.shape == reference.shape
-        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
-        assert written.get_data_dtype() == np.uint8
-        assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
+    assert assert_label_maps_match_inputs(tmp_path / "pred", real_datalist) == 2
 
 
 def _trained_network(bundle: Path) -> torch.nn.Module:

@@ -16,6 +16,7 @@ from custom_modules.compression import (
     StructuredPruner,
     build_dependency_graph,
     make_schedule,
+    merge_split_convs,
     pruned_network,
     split_grouped_convs,
 )
@@ -149,11 +150,17 @@ def test_rebuild_from_history_reproduces_the_pruned_network(tmp_path) -> None:
     for step in make_schedule("iterative", 0.4, steps=2):
         pruner.step(magnitude(), step)
     (tmp_path / "history.json").write_text(json.dumps(pruner.history))
+    x = torch.randn(2, 4, 48, 48)
+    with torch.no_grad():
+        split_output = net.eval()(x)
+    assert merge_split_convs(net) == 10  # back to grouped convs (the deployed form), exactly
+    assert not any(isinstance(m, SplitGroupedConv) for m in net.modules())
+    with torch.no_grad():
+        assert torch.allclose(net(x), split_output, atol=1e-5)
     torch.save(net.state_dict(), tmp_path / "model.pt")
 
     rebuilt = pruned_network(RAAGR2Net(**SMALL), tmp_path / "history.json").eval()
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
-    x = torch.randn(2, 4, 48, 48)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net.eval()(x))
 

@@ -7,7 +7,13 @@ from .engine import ALLOCATIONS, PruningCheckError, StructuredPruner, onnx_parit
 from .rebuild import load_pruning_history, pruned_network
 from .schedule import LAYER_GROUPS, SCHEDULES, PruningStep, make_schedule
 from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
-from .structure import SplitGroupedConv, build_dependency_graph, fix_untracked_concat_inputs, split_grouped_convs
+from .structure import (
+    SplitGroupedConv,
+    build_dependency_graph,
+    fix_untracked_concat_inputs,
+    merge_split_convs,
+    split_grouped_convs,
+)
 from .workflow import VARIANTS, CompressionWorkflow, load_teacher_state, pruned_bundle_name, variant_sharing
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "load_teacher_state",
     "make_importance",
     "make_schedule",
+    "merge_split_convs",
     "onnx_parity",
     "pruned_bundle_name",
     "pruned_network",

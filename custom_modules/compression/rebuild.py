@@ -9,7 +9,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from .structure import build_dependency_graph, split_grouped_convs
+from .structure import build_dependency_graph, merge_split_convs, split_grouped_convs
 
 __all__ = ["pruned_network", "load_pruning_history"]
 
@@ -39,8 +39,9 @@ def pruned_network(
 ) -> nn.Module:
     """``network`` (freshly built, unpruned) reshaped in place to a pruned architecture and returned.
 
-    The channel-multiplier convs are split as during pruning, then torch-pruning replays ``pruning_history``
-    (a list, or the path of its JSON file) on the dependency graph. Load the pruned ``state_dict`` afterwards
+    The channel-multiplier convs are split as during pruning, torch-pruning replays ``pruning_history`` (a
+    list, or the path of its JSON file) on the dependency graph, and the split convs are merged back into
+    grouped convs (:func:`merge_split_convs`, the deployed form). Load the pruned ``state_dict`` afterwards
     (``torch.load(..., weights_only=True)`` works: no pickled modules are involved).
     """
     history = load_pruning_history(pruning_history) if isinstance(pruning_history, (str, Path)) else list(pruning_history)
@@ -51,4 +52,5 @@ def pruned_network(
         graph = build_dependency_graph(network, torch.randn(*example_shape, device=device))
         graph.load_pruning_history(history)
         network.train(was_training)
+    merge_split_convs(network)
     return network

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import statistics
-import time
 from collections.abc import Mapping, Sequence
 from itertools import islice
 from pathlib import Path
@@ -36,7 +35,7 @@ from ignite.engine import Engine
 from torch import nn
 
 from custom_modules.handlers import RegionMetricsWriter, save_atomic
-from custom_modules.networks.complexity import FLOP_COUNTER, count_parameters
+from custom_modules.networks.complexity import FLOP_COUNTER, count_parameters, slice_latency_ms
 from custom_modules.report.summary import region_summary
 
 from .criteria import SlimmingRegularizer, get_criterion, make_importance, pruner_class, scoring_mode
@@ -44,6 +43,7 @@ from .distillation import KnowledgeDistillationLoss
 from .engine import StructuredPruner, reset_optimizer
 from .schedule import LAYER_GROUPS, make_schedule
 from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
+from .structure import merge_split_convs
 
 __all__ = ["VARIANTS", "CompressionWorkflow", "variant_sharing", "pruned_bundle_name", "load_teacher_state"]
 
@@ -121,11 +121,14 @@ class CompressionWorkflow:
         evaluator: a ``SupervisedEvaluator`` on the report split with ``save_details`` metrics named
             ``dice_metric`` and ``hd95_metric`` (per-case, per-region).
         task_loss: the bundle's training loss (scoring, and the task term of distillation).
+        validator: the trainer's validation evaluator (``@validate#evaluator``); when given, each fine-tuning
+            phase ends with its best weights by the validator's key metric (as the baseline's ``model.pt``).
         epochs: fine-tuning epochs after each step (0: none).
         roi_size: slice size ``[H, W]`` used to trace the network and count FLOPs.
         iterative_steps: number of steps of the ``iterative`` schedule.
         allocation: ``uniform`` or ``global``; ``None``: the criterion's default.
         max_layer_ratio: per-layer cap of the global allocation.
+        round_to: keep channel counts multiples of this (e.g. 8: faster CPU/GPU kernels; prunes a little more).
         scoring_batches: training batches used by data-driven criteria (``taylor``, ``lrp``).
         distillation: fine-tune with :class:`KnowledgeDistillationLoss` from the teacher.
         kd_alpha, kd_temperature, kd_feature_weight: distillation weights (see the loss).
@@ -151,11 +154,13 @@ class CompressionWorkflow:
         optimizer: torch.optim.Optimizer,
         evaluator: Engine,
         task_loss: nn.Module,
+        validator: Engine | None = None,
         epochs: int = 1,
         roi_size: Sequence[int] = (192, 192),
         iterative_steps: int = 3,
         allocation: str | None = None,
         max_layer_ratio: float = 0.8,
+        round_to: int | None = None,
         scoring_batches: int = 2,
         distillation: bool = True,
         kd_alpha: float = 0.5,
@@ -191,11 +196,13 @@ class CompressionWorkflow:
         self.learning_rates = [g["lr"] for g in optimizer.param_groups]
         self.evaluator = evaluator
         self.task_loss = task_loss
+        self.validator = validator
         self.epochs = int(epochs)
         self.example_shape = (1, int(network.init_args["in_channels"]), *(int(s) for s in roi_size))
         self.iterative_steps = int(iterative_steps)
         self.allocation = allocation or self.criterion.default_allocation
         self.max_layer_ratio = float(max_layer_ratio)
+        self.round_to = int(round_to) if round_to else None
         self.scoring_batches = int(scoring_batches)
         self.distillation = bool(distillation)
         self.kd = {"alpha": float(kd_alpha), "temperature": float(kd_temperature), "feature_weight": float(kd_feature_weight)}
@@ -269,6 +276,9 @@ class CompressionWorkflow:
         for handler in handlers:
             handler.attach(self.trainer)
             attached.append(handler)
+        best = _BestWeights(self.network)
+        if self.validator is not None:
+            best.attach(self.validator)
         self.trainer.state.epoch = 0
         self.trainer.state.iteration = 0
         self.trainer.state.max_epochs = epochs
@@ -277,24 +287,15 @@ class CompressionWorkflow:
         finally:
             for handler in attached:
                 _detach(self.trainer, handler)
-
-    def _latency_ms(self, network: nn.Module, repeats: int = 5) -> float:
-        network.eval()
-        x = torch.randn(*self.example_shape, device=self._device())
-        times = []
-        with torch.inference_mode():
-            network(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                network(x)
-                times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+            if self.validator is not None:
+                _detach(self.validator, best)
+        best.restore()
 
     # ------------------------------------------------------------------------------------------------------
     # resume
 
     def _signature(self) -> dict[str, Any]:
-        return {**self._settings(), "epochs": self.epochs, "iterative_steps": self.iterative_steps}
+        return {**self._settings(), "epochs": self.epochs, "iterative_steps": self.iterative_steps, "round_to": self.round_to}
 
     def _load_progress(self) -> dict[str, Any] | None:
         """The last finished step's checkpoint (``progress.pt``: progress record, weights and masks in one
@@ -347,6 +348,7 @@ class CompressionWorkflow:
             self.example_shape,
             allocation=self.allocation if self.criterion.structured else "uniform",
             max_layer_ratio=self.max_layer_ratio,
+            round_to=self.round_to,
             onnx_check=self.onnx_check,
         )
         if progress["done"]:
@@ -377,6 +379,7 @@ class CompressionWorkflow:
         report["steps"] = progress["steps"]
         report["snip"] = progress.get("snip")
         report["layers"] = pruner.layer_channels()
+        merge_split_convs(self.network)  # the deployed form: one grouped conv is faster than its split slots
         pruned_nonzero = sum(int(torch.count_nonzero(p)) for p in self.network.parameters())
         final = pruner.check() if self.criterion.structured else {"params": count_parameters(self.network), "flops": pruner.teacher_flops}
         report["complexity"] = {
@@ -389,8 +392,8 @@ class CompressionWorkflow:
         }
         if self.measure_latency:
             report["latency_ms"] = {
-                "teacher": self._latency_ms(teacher),
-                "pruned": self._latency_ms(self.network),
+                "teacher": slice_latency_ms(teacher, self.example_shape, device=device),
+                "pruned": slice_latency_ms(self.network, self.example_shape, device=device),
                 "threads": torch.get_num_threads(),
                 "device": str(device),
             }
@@ -481,6 +484,32 @@ class CompressionWorkflow:
             progress["done"] = 2
             self._save_progress(progress, masks)
         return masks
+
+
+class _BestWeights:
+    """Keep a copy of ``network``'s weights at the best key metric of a validation evaluator (higher is better)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+        self.best: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.update)
+
+    def update(self, engine: Engine) -> None:
+        name = getattr(engine.state, "key_metric_name", None)
+        value = engine.state.metrics.get(name) if name else None
+        if value is not None and not math.isnan(float(value)) and (self.best is None or float(value) > self.best):
+            self.best = float(value)
+            self.state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.network.load_state_dict(self.state)
+            logger.info(f"fine-tuning kept the weights of its best validation epoch ({self.best:.4f})")
 
 
 def _detach(engine: Engine, handler: Any) -> None:

@@ -1,6 +1,6 @@
 """Networks of raagr2-slim: RAAGR2-Net and its weight-shared variants (blocks in :mod:`.blocks`), complexity helpers."""
 
-from .complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters
+from .complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters, slice_latency_ms
 from .raagr2net import SHARING_MODES, RAAGR2Net, check_spatial_shape
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "checkpoint_size_mib",
     "count_flops",
     "count_parameters",
+    "slice_latency_ms",
 ]

@@ -1,15 +1,17 @@
-"""Model size and cost helpers used to print complexity tables (parameters, FLOPs, checkpoint size)."""
+"""Model size and cost helpers used to print complexity tables (parameters, FLOPs, checkpoint size, latency)."""
 
 from __future__ import annotations
 
 import io
+import statistics
+import time
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["FLOP_COUNTER", "count_parameters", "count_flops", "checkpoint_size_mib"]
+__all__ = ["FLOP_COUNTER", "count_parameters", "count_flops", "checkpoint_size_mib", "slice_latency_ms"]
 
 #: The FLOP counter behind :func:`count_flops`. It works at the ATen level, so it also sees functional
 #: convolutions (unlike ptflops). It counts 2 FLOPs per multiply-add and counts only the ops it has
@@ -57,3 +59,22 @@ def checkpoint_size_mib(state_dict: Mapping[str, torch.Tensor]) -> float:
     buffer = io.BytesIO()
     torch.save(dict(state_dict), buffer)
     return buffer.getbuffer().nbytes / 2**20
+
+
+def slice_latency_ms(
+    model: nn.Module, input_shape: Sequence[int], repeats: int = 5, device: str | torch.device = "cpu"
+) -> float:
+    """Median wall time (ms) of one eval-mode forward pass at ``input_shape`` on ``device`` after one warm-up.
+
+    ``model`` must already be on ``device``. Compare models as ratios measured in the same process.
+    """
+    model.eval()
+    x = torch.randn(*input_shape, device=device)
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

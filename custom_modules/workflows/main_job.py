@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from custom_modules.bundle_tools import bundle_network
-from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters
+from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters, slice_latency_ms
 from custom_modules.report import plot_region_dice, region_summary, render_markdown
 from custom_modules.workflows.bundle_cli import run_bundle
 from data_prep.prepare import prepare_datalist
@@ -50,20 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=PHANTOM_SETTINGS["cases"], help="number of phantoms")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def slice_latency_ms(model: torch.nn.Module, shape: tuple[int, ...], repeats: int = 5) -> float:
-    """Median wall time (ms) of one eval-mode forward pass at ``shape`` after one warm-up pass."""
-    model.eval()
-    x = torch.randn(*shape)
-    times = []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def prepare_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path, dict[str, Any]]:
