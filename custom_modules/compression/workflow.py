@@ -34,6 +34,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from custom_modules.bundle_tools.pruned import write_pruned_bundle
 from custom_modules.handlers import RegionMetricsWriter, save_atomic
 from custom_modules.networks.complexity import FLOP_COUNTER, count_parameters, slice_latency_ms
 from custom_modules.report.summary import region_summary
@@ -367,7 +368,6 @@ class CompressionWorkflow:
         try:
             if self.criterion.structured:
                 self._prune_structured(pruner, progress)
-                report["snip"] = None
             else:
                 masks = self._prune_snip(pruner, progress, masks)
             finetuned = self.evaluate(self.network, "after fine-tuning")
@@ -376,36 +376,9 @@ class CompressionWorkflow:
                 kd_loss.close()
                 self.trainer.loss_function = self.task_loss
 
-        report["steps"] = progress["steps"]
-        report["snip"] = progress.get("snip")
         report["layers"] = pruner.layer_channels()
         merge_split_convs(self.network)  # the deployed form: one grouped conv is faster than its split slots
-        pruned_nonzero = sum(int(torch.count_nonzero(p)) for p in self.network.parameters())
-        final = pruner.check() if self.criterion.structured else {"params": count_parameters(self.network), "flops": pruner.teacher_flops}
-        report["complexity"] = {
-            "teacher": {
-                "params": pruner.teacher_params,
-                "nonzero_params": sum(int(torch.count_nonzero(p)) for p in teacher.parameters()),
-                "flops": pruner.teacher_flops,
-            },
-            "pruned": {"params": final["params"], "nonzero_params": pruned_nonzero, "flops": final["flops"]},
-        }
-        if self.measure_latency:
-            report["latency_ms"] = {
-                "teacher": slice_latency_ms(teacher, self.example_shape, device=device),
-                "pruned": slice_latency_ms(self.network, self.example_shape, device=device),
-                "threads": torch.get_num_threads(),
-                "device": str(device),
-            }
-        stages = {"teacher": progress["teacher_eval"], "pruned_before_finetune": progress["before_finetune"], "finetuned": finetuned}
-        report["cases"] = [row["case"] for row in stages["teacher"]["cases"]]
-        report["dice"] = {stage: result["dice"] for stage, result in stages.items()}
-        report["hd95"] = {stage: result["hd95"] for stage, result in stages.items()}
-        report["per_case"] = {stage: result["cases"] for stage, result in stages.items()}
-        report["finetune"] = {"epochs_per_step": self.epochs, "distillation": self.distillation, **self.kd}
-
-        from custom_modules.bundle_tools.pruned import write_pruned_bundle
-
+        report.update(self._results(pruner, teacher, progress, finetuned))
         bundle_dir = write_pruned_bundle(
             template_dir=self.bundle_root,
             bundle_dir=self.output_dir / self.name,
@@ -416,6 +389,36 @@ class CompressionWorkflow:
         )
         logger.info(f"wrote {bundle_dir}")
         return bundle_dir
+
+    def _results(
+        self, pruner: StructuredPruner, teacher: nn.Module, progress: Mapping[str, Any], finetuned: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The measured part of the report: steps, complexity, latency and the three evaluations."""
+        device = self._device()
+        final = pruner.check() if self.criterion.structured else {"params": count_parameters(self.network), "flops": pruner.teacher_flops}
+        nonzero = {name: sum(int(torch.count_nonzero(p)) for p in net.parameters()) for name, net in (("teacher", teacher), ("pruned", self.network))}
+        results: dict[str, Any] = {
+            "steps": progress["steps"],
+            "snip": progress.get("snip"),
+            "complexity": {
+                "teacher": {"params": pruner.teacher_params, "nonzero_params": nonzero["teacher"], "flops": pruner.teacher_flops},
+                "pruned": {"params": final["params"], "nonzero_params": nonzero["pruned"], "flops": final["flops"]},
+            },
+            "finetune": {"epochs_per_step": self.epochs, "distillation": self.distillation, **self.kd},
+        }
+        if self.measure_latency:
+            results["latency_ms"] = {
+                "teacher": slice_latency_ms(teacher, self.example_shape, device=device),
+                "pruned": slice_latency_ms(self.network, self.example_shape, device=device),
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+            }
+        stages = {"teacher": progress["teacher_eval"], "pruned_before_finetune": progress["before_finetune"], "finetuned": finetuned}
+        results["cases"] = [row["case"] for row in stages["teacher"]["cases"]]
+        for kind in ("dice", "hd95"):
+            results[kind] = {stage: result[kind] for stage, result in stages.items()}
+        results["per_case"] = {stage: result["cases"] for stage, result in stages.items()}
+        return results
 
     def _prune_structured(self, pruner: StructuredPruner, progress: dict[str, Any]) -> None:
         steps = make_schedule(self.schedule, self.ratio, self.iterative_steps)
