@@ -17,7 +17,7 @@ Two constructs of the network break plain torch-pruning 1.6.1 (``compression_not
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch_pruning as tp
@@ -108,15 +108,37 @@ class SplitGroupedConv(nn.Module):
         perm = [(p % channels) * multiplier + p // channels for p in range(channels * multiplier)]
         return split, perm
 
+    def to_grouped(self) -> Tuple[nn.Conv2d, List[int]]:
+        """The equivalent grouped conv ``Conv2d(C, m*C, groups=C)`` (weights copied) and the column order for
+        the consumer: ``consumer.weight[:, order]`` is the consumer weight for the grouped layout."""
+        slots = list(self.slots)
+        first, channels, multiplier = slots[0], slots[0].in_channels, len(slots)
+        merged = nn.Conv2d(
+            channels,
+            channels * multiplier,
+            kernel_size=first.kernel_size,
+            padding=first.padding,
+            dilation=first.dilation,
+            groups=channels,
+            bias=first.bias is not None,
+        ).to(first.weight.device, first.weight.dtype)
+        # grouped channel c*m + j is slot j's channel c, i.e. split channel j*C + c
+        order = [(k % multiplier) * channels + k // multiplier for k in range(channels * multiplier)]
+        with torch.no_grad():
+            merged.weight.copy_(torch.cat([slot.weight for slot in slots])[order])
+            if first.bias is not None:
+                merged.bias.copy_(torch.cat([slot.bias for slot in slots])[order])
+        return merged, order
 
-def split_grouped_convs(net: nn.Module) -> int:
-    """Replace, in place, every multiplier conv that is followed by a dense conv in an ``nn.Sequential``
-    (ReASPP branches 1-2) by :class:`SplitGroupedConv`, permuting the consumer's input columns.
 
-    Exact: the network computes the same function afterwards. Returns the number of convs split.
+def _replace_before_consumer(
+    net: nn.Module, match: Callable[[nn.Module], bool], convert: Callable[[nn.Module], Tuple[nn.Module, List[int]]]
+) -> int:
+    """Replace, in place, every module of an ``nn.Sequential`` that ``match`` es by ``convert(module)[0]`` and
+    reorder the input columns of the dense conv that follows it by ``convert(module)[1]``; returns the count.
 
     Raises:
-        ValueError: a multiplier conv whose consumer is not the next dense conv of its ``nn.Sequential``.
+        ValueError: a matching module that is not followed by a dense conv in its ``nn.Sequential``.
     """
     count = 0
     for name, module in list(net.named_modules()):
@@ -124,17 +146,26 @@ def split_grouped_convs(net: nn.Module) -> int:
             continue
         children = list(module.children())
         for i, child in enumerate(children):
-            if not is_multiplier_conv(child):
+            if not match(child):
                 continue
             consumer = children[i + 1] if i + 1 < len(children) else None
             if not (isinstance(consumer, nn.Conv2d) and consumer.groups == 1):
-                raise ValueError(f"{name}.{i}: a multiplier conv must be followed by a dense conv to be split")
-            split, perm = SplitGroupedConv.from_grouped(child)
+                raise ValueError(f"{name}.{i}: {type(child).__name__} must be followed by a dense conv")
+            replacement, order = convert(child)
             with torch.no_grad():
-                consumer.weight.copy_(consumer.weight[:, perm].clone())
-            module[i] = split
+                consumer.weight.copy_(consumer.weight[:, order].clone())
+            module[i] = replacement
             count += 1
     return count
+
+
+def split_grouped_convs(net: nn.Module) -> int:
+    """Replace, in place, every multiplier conv that is followed by a dense conv in an ``nn.Sequential``
+    (ReASPP branches 1-2) by :class:`SplitGroupedConv`, permuting the consumer's input columns.
+
+    Exact: the network computes the same function afterwards. Returns the number of convs split.
+    """
+    return _replace_before_consumer(net, is_multiplier_conv, SplitGroupedConv.from_grouped)
 
 
 def merge_split_convs(net: nn.Module) -> int:
@@ -142,39 +173,7 @@ def merge_split_convs(net: nn.Module) -> int:
     pruning, ``m`` slots of ``C'`` channels) becomes one ``Conv2d(C', m*C', groups=C')`` again and its consumer's
     input columns are permuted back. Exact. One grouped conv runs faster than ``m`` depthwise convs and a concat,
     so pruned networks are merged for deployment. Returns the number of convs merged."""
-    count = 0
-    for name, module in list(net.named_modules()):
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.children())
-        for i, child in enumerate(children):
-            if not isinstance(child, SplitGroupedConv):
-                continue
-            consumer = children[i + 1] if i + 1 < len(children) else None
-            if not (isinstance(consumer, nn.Conv2d) and consumer.groups == 1):
-                raise ValueError(f"{name}.{i}: a split grouped conv must be followed by a dense conv to be merged")
-            slots = list(child.slots)
-            channels, multiplier = slots[0].in_channels, len(slots)
-            first = slots[0]
-            merged = nn.Conv2d(
-                channels,
-                channels * multiplier,
-                kernel_size=first.kernel_size,
-                padding=first.padding,
-                dilation=first.dilation,
-                groups=channels,
-                bias=first.bias is not None,
-            ).to(first.weight.device, first.weight.dtype)
-            # merged channel c*m + j is slot j's channel c, i.e. split channel j*C + c
-            order = [(k % multiplier) * channels + k // multiplier for k in range(channels * multiplier)]
-            with torch.no_grad():
-                merged.weight.copy_(torch.cat([slot.weight for slot in slots])[order])
-                if first.bias is not None:
-                    merged.bias.copy_(torch.cat([slot.bias for slot in slots])[order])
-                consumer.weight = nn.Parameter(consumer.weight[:, order].clone(), requires_grad=consumer.weight.requires_grad)
-            module[i] = merged
-            count += 1
-    return count
+    return _replace_before_consumer(net, lambda m: isinstance(m, SplitGroupedConv), SplitGroupedConv.to_grouped)
 
 
 def fix_untracked_concat_inputs(graph: tp.DependencyGraph) -> int:
