@@ -65,3 +65,71 @@ def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: 
         assert written.get_data_dtype() == np.uint8
         assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
     return len(cases)
+
+
+#: every bundle folder in ``bundles/`` plus the pruned-N% bundle the compression step writes
+DEPLOY_BUNDLES = ("raagr2_baseline", "raagr2_shared_depthwise", "raagr2_pruned", "raagr2_pruned_depgraph_50")
+
+
+def bake_settings(src: Path, dst: Path, settings: dict) -> Path:
+    """Copy bundle ``src`` to ``dst`` (no models/eval/dist) with ``settings`` written into each config that
+    already has the setting's top-level key, so that every later command needs no overrides."""
+    import json
+    import shutil
+
+    from custom_modules.bundle_tools.variant import _apply_overrides, _dump
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "dist", "__pycache__"))
+    for path in (dst / "configs").glob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict):
+            path.write_text(_dump(_apply_overrides(config, {k: v for k, v in settings.items() if k.split("#")[0] in config})))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def deploy_bundles(tmp_path_factory: pytest.TempPathFactory, phantom_dataset) -> dict[str, Path]:
+    """Copies of every bundle in ``bundles/`` with TINY baked into their configs and a ``models/model.pt``
+    from one epoch of the bundle's own training on phantoms, plus ``raagr2_pruned_depgraph_50`` written by
+    the compression step (DepGraph, 50 %, one shot) from the trained baseline copy: name -> bundle folder."""
+    import os
+
+    from custom_modules.workflows.bundle_cli import run_bundle
+
+    dataset_dir, datalist = phantom_dataset
+    root = tmp_path_factory.mktemp("deploy_bundles")
+    data = {"dataset_dir": dataset_dir, "data_list_file_path": datalist}
+    bundles = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # tiny networks; two threads on a shared 2-core machine only stall
+        for name in DEPLOY_BUNDLES[:3]:
+            bundle = bake_settings(REPO_ROOT / "bundles" / name, root / name, TINY)
+            run_bundle([bundle / "configs" / "train.json"], "training",
+                       {**data, "bundle_root": bundle, "epochs": 1, "learning_rate": 1e-3}, cwd=root)
+            bundles[name] = bundle
+        template = bundles["raagr2_pruned"]
+        compress = {**data, "bundle_root": template, "teacher_ckpt": bundles["raagr2_baseline"] / "models" / "model.pt",
+                    "method": "depgraph", "ratio": 0.5, "schedule": "oneshot", "variant": "baseline", "epochs": 1,
+                    "measure_latency": False, "output_dir": root / "compressed"}
+        run_bundle([template / "configs" / "train.json", template / "configs" / "compress.json"], "compress", compress, cwd=root)
+        os.replace(root / "compressed" / DEPLOY_BUNDLES[3], root / DEPLOY_BUNDLES[3])
+        bundles[DEPLOY_BUNDLES[3]] = root / DEPLOY_BUNDLES[3]
+    return bundles
+
+
+#: export settings for tests: the real cases are all in ``test``, so calibration uses that list too
+EXPORT_TEST_SETTINGS = {"calibration_split": "test", "calibration_slices": 8, "eval_cases": 1, "parity_slices": 4}
+
+
+@pytest.fixture(scope="session")
+def exported_bundles(deploy_bundles: dict[str, Path], real_datalist: Path, tmp_path_factory) -> dict[str, Path]:
+    """``deploy_bundles`` after the documented export command, calibrated and checked on the real cases."""
+    from custom_modules.workflows.bundle_cli import run_bundle
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        for bundle in deploy_bundles.values():
+            run_bundle([bundle / "configs" / "export.json"], "export",
+                       {"bundle_root": bundle, "dataset_dir": REAL_CASES, "data_list_file_path": real_datalist,
+                        **EXPORT_TEST_SETTINGS}, cwd=tmp_path_factory.mktemp("export_cwd"))
+    return deploy_bundles

@@ -1,37 +1,55 @@
-"""ONNX export with dynamic batch, height and width, and a parity check against PyTorch in ONNX Runtime."""
+"""ONNX export with dynamic batch, height and width, bundle metadata inside, and a parity check in ONNX Runtime."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from .files import atomic_path
 
 #: list-form dynamic axes: the dict form arrives through ``fire`` with string keys and breaks dynamo export
 ONNX_DYNAMIC_AXES = {"image": [0, 2, 3], "pred": [0, 2, 3]}
 
 
 def export_onnx(
-    net: torch.nn.Module, path: str | Path, example_shape: Sequence[int] = (1, 4, 64, 64), opset: int = 18
+    net: torch.nn.Module,
+    path: str | Path,
+    example_shape: Sequence[int] = (1, 4, 64, 64),
+    opset: int = 18,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Export ``net`` (eval mode) with the dynamo exporter; input ``image`` (B, C, H, W), output ``pred``."""
+    """Export ``net`` (eval mode) with the dynamo exporter to one self-contained file (no external data).
+
+    Input ``image`` (B, C, H, W) and output ``pred`` have dynamic batch, height and width; ``metadata`` is stored
+    as the model's ``metadata_props``. The file is replaced atomically.
+    """
+    import onnx
+
     net.eval()
     path = Path(path)
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "dynamic_axes is not recommended when dynamo=True"
         warnings.simplefilter("ignore", FutureWarning)  # torch.export internals
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net,
             (torch.randn(*example_shape),),
-            str(path),
+            str(tmp),
             dynamo=True,
+            external_data=False,
             input_names=["image"],
             output_names=["pred"],
             dynamic_axes=ONNX_DYNAMIC_AXES,
             opset_version=opset,
             verbose=False,
         )
+        if metadata:
+            model = onnx.load(str(tmp))
+            onnx.helper.set_model_props(model, {str(k): str(v) for k, v in metadata.items()})
+            onnx.save(model, str(tmp))
     return path
 
 

@@ -37,6 +37,9 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp creates 0600; a saved model is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
