@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,26 @@ def compare(bundles: list[Path], settings: BenchSettings, segresnet: bool = True
     }
 
 
+def select_bundles(requested: Sequence[Path] | None, parser: argparse.ArgumentParser) -> list[Path]:
+    """The bundles to measure: ``requested`` (each must have ``configs/inference.json``; else a parser error), or
+    the default bundles that exist (a note names each one skipped)."""
+    if requested is None:
+        bundles = []
+        for b in DEFAULT_BUNDLES:
+            if (b / "configs" / "inference.json").is_file():
+                bundles.append(b)
+            else:
+                print(f"note: default bundle {b} (configs/inference.json) does not exist; skipped", flush=True)
+    else:
+        bundles = [b.resolve() for b in requested]
+        missing = [str(b) for b in bundles if not (b / "configs" / "inference.json").is_file()]
+        if missing:
+            parser.error(f"no configs/inference.json in: {', '.join(missing)}")
+    if not bundles:
+        parser.error("no bundle to measure")
+    return bundles
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -98,20 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
 
-    if args.bundles is None:
-        bundles = []
-        for b in DEFAULT_BUNDLES:
-            if (b / "configs" / "inference.json").is_file():
-                bundles.append(b)
-            else:
-                print(f"note: default bundle {b} (configs/inference.json) does not exist; skipped", flush=True)
-    else:
-        bundles = [b.resolve() for b in args.bundles]
-        missing = [str(b) for b in bundles if not (b / "configs" / "inference.json").is_file()]
-        if missing:
-            parser.error(f"no configs/inference.json in: {', '.join(missing)}")
-    if not bundles:
-        parser.error("no bundle to measure")
+    bundles = select_bundles(args.bundles, parser)
 
     mode = "tiny" if settings.tiny else "default"
     peer = " + SegResNet" if not args.no_segresnet else ""
