@@ -10,17 +10,27 @@ import torch
 from monai.bundle import ConfigParser
 
 
+def bundle_parser(bundle_dir: str | Path, config: str = "inference.json") -> ConfigParser:
+    """A parser of ``<bundle_dir>/configs/<config>`` with ``bundle_root`` set to ``bundle_dir``.
+
+    Raises:
+        FileNotFoundError: naming the config when it is missing.
+    """
+    path = Path(bundle_dir) / "configs" / config
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {bundle_dir} is not a bundle folder")
+    parser = ConfigParser()
+    parser.read_config(path)
+    parser["bundle_root"] = str(bundle_dir)
+    return parser
+
+
 def bundle_network(bundle_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """Instantiate ``network_def`` from ``<bundle_dir>/configs/inference.json`` with optional ``#`` overrides.
 
     Example: ``bundle_network("bundles/raagr2_baseline", {"network_def#out_channels": 5})``.
     """
-    config = Path(bundle_dir) / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: {bundle_dir} is not a bundle folder")
-    parser = ConfigParser()
-    parser.read_config(config)
-    parser["bundle_root"] = str(bundle_dir)
+    parser = bundle_parser(bundle_dir)
     for config_id, value in (overrides or {}).items():
         parser[config_id] = value
     return parser.get_parsed_content("network_def")

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
+from custom_modules.bundle_tools.network import bundle_network, bundle_parser
 from custom_modules.deploy import BrainSliceInferer, OnnxRuntimeNetwork
+from custom_modules.handlers import atomic_path
 
-from .cases import bundle_parser, load_cases, pad_to_multiple, sample_slices
-from .files import atomic_path
+from .cases import load_cases, pad_to_multiple, sample_slices
 from .fp16 import convert_fp16
 from .onnx import export_onnx
 from .quantize import quantize_int8
@@ -136,7 +137,7 @@ class BundleExporter:
         ckpt = self.models / "model.pt"
         if not ckpt.is_file():
             raise FileNotFoundError(f"{ckpt} not found: train the bundle first (python -m monai.bundle run training ...)")
-        net = bundle_parser(self.bundle_root).get_parsed_content("network_def")
+        net = bundle_network(self.bundle_root)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         try:
             net.load_state_dict(state)

@@ -9,25 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
+from custom_modules.bundle_tools.network import bundle_parser
 from custom_modules.data import load_datalist
-
-
-def bundle_parser(bundle_root: str | Path, config: str = "inference.json") -> ConfigParser:
-    """A parser of ``<bundle_root>/configs/<config>`` with ``bundle_root`` set.
-
-    Raises:
-        FileNotFoundError: naming the config when it is missing.
-    """
-    path = Path(bundle_root) / "configs" / config
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {bundle_root} is not a bundle folder")
-    parser = ConfigParser()
-    parser.read_config(path)
-    parser["bundle_root"] = str(bundle_root)
-    return parser
 
 
 def load_cases(

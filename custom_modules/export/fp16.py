@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import atomic_path
+from custom_modules.handlers import atomic_path
 
 
 def convert_fp16(fp32_path: str | Path, fp16_path: str | Path) -> dict[str, object]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_path
+from custom_modules.handlers import atomic_path
 
 #: list-form dynamic axes: the dict form arrives through ``fire`` with string keys and breaks dynamo export
 ONNX_DYNAMIC_AXES = {"image": [0, 2, 3], "pred": [0, 2, 3]}

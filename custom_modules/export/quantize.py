@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path
+from custom_modules.handlers import atomic_path
 
 __all__ = ["SliceCalibrationReader", "head_node_names", "quantize_int8"]
 
