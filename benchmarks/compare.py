@@ -49,7 +49,7 @@ def run_child(args: list[str], settings: BenchSettings, workdir: Path, name: str
     return result
 
 
-def _unique_names(bundles: list[Path]) -> list[str]:
+def unique_names(bundles: list[Path]) -> list[str]:
     names: list[str] = []
     for b in bundles:
         name, k = b.name, 2
@@ -62,7 +62,7 @@ def _unique_names(bundles: list[Path]) -> list[str]:
 def compare(bundles: list[Path], settings: BenchSettings, segresnet: bool = True) -> dict[str, Any]:
     """Measure every bundle (then SegResNet) in its own child process; the first bundle is the reference."""
     start = time.perf_counter()
-    names = _unique_names(bundles)
+    names = unique_names(bundles)
     total = len(bundles) + int(segresnet)
     variants = []
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:

@@ -28,10 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .compare import _unique_names, run_child, select_bundles
-from .deploy_measure import CPU_BACKENDS, CUDA_BACKENDS, OPTIONS, REGIONS
+from .compare import unique_names, run_child, select_bundles
+from custom_modules.constants import REGION_CHANNELS as REGIONS
+
+from .deploy_measure import CPU_BACKENDS, CUDA_BACKENDS, OPTIONS
 from .machine import REPO_ROOT, machine_description
-from .report import _fmt, _row, _rule
+from raagr2_tools.reports import format_value as _fmt
+from raagr2_tools.reports import markdown_table
 from .settings import BenchSettings
 
 __all__ = ["DATA_DIR", "TARGET_SPEEDUP", "prepare_inputs", "variant_specs", "deploy", "target_summary",
@@ -58,7 +61,7 @@ def _phantom_cases(shape: Sequence[int], count: int = 2) -> list[dict[str, Any]]
     """Preprocessed phantom cases (z-scored inside the brain, zeros outside) in the ``load_cases`` format."""
     from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, NormalizeIntensity
 
-    from data_prep.layouts import MODALITY_ORDER
+    from custom_modules.constants import MODALITY_ORDER
     from data_prep.synthetic import make_phantom_case
 
     cases = []
@@ -96,7 +99,7 @@ def prepare_inputs(
     case). Without the real cases: two phantoms from ``data_prep.synthetic`` at 240x240x155. ``tiny_shape``
     (H, W, D) cuts both down for ``--tiny``.
     """
-    from custom_modules.export.cases import load_cases, sample_slices
+    from raagr2_tools.shipping.cases import load_cases, sample_slices
 
     note = None
     cases: list[dict[str, Any]] = []
@@ -169,7 +172,7 @@ def variant_specs(bundles: Sequence[Path], args: argparse.Namespace, inputs: Map
         "opset": args.opset,
         "overrides": TINY_OVERRIDES if args.tiny else {},
     }
-    specs = [{**common, "name": name, "bundle": str(b)} for b, name in zip(bundles, _unique_names(list(bundles)))]
+    specs = [{**common, "name": name, "bundle": str(b)} for b, name in zip(bundles, unique_names(list(bundles)))]
     if args.pruned_ratio > 0:
         prune = {"ratio": args.pruned_ratio, "round_to": args.round_to, "criterion": args.prune_criterion}
         specs.append({**common, "name": f"pruned{int(round(args.pruned_ratio * 100))}", "bundle": str(bundles[0]),
@@ -215,7 +218,7 @@ def _segresnet(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # table and target
 
 
-def _flatten(variants: Sequence[Mapping[str, Any]], reference_s: float | None, segresnet_s: float | None) -> list[dict[str, Any]]:
+def flatten_rows(variants: Sequence[Mapping[str, Any]], reference_s: float | None, segresnet_s: float | None) -> list[dict[str, Any]]:
     rows = []
     for v in variants:
         if v.get("error"):
@@ -347,13 +350,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         f"volume {shape} (s)", f"speed-up vs {result['reference']} torch full", "speed-up vs SegResNet", "slices run",
         "pixels run", "in network", "GFLOP/s", "of matmul", "Dice TC / WT / ET vs torch full",
     ]
-    lines = [f"### Deployment latency ({result['machine']['device_name']}, {s['device']}, {result['threads']} threads)",
-             "", _row(header), _rule(header)]
+    table: list[list[str]] = []
     for v in result["variants"]:
         if v.get("error"):
-            lines.append(_row([v["name"], f"failed: {v['error']}"] + [""] * (len(header) - 2)))
+            table.append([v["name"], f"failed: {v['error']}"])
     for r in result["rows"]:
-        lines.append(_row([
+        table.append([
             r["variant"], r["backend"], r["option"], _fmt(r["params"], ",d"), _fmt(r["flops_per_slice"], ".2f", 1e-9),
             _num(r["slice_ms"]), _num(r["volume_s"]), _fmt(r["speedup"], ".2f") + "x",
             _fmt(r["vs_segresnet"], ".2f") + ("x" if r["vs_segresnet"] else ""),
@@ -361,18 +363,20 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             _fmt((r["network_fraction"] or 0) * 100, ".0f") + " %", _fmt(r["gflops"], ".1f"),
             _fmt((r["gflops_fraction_of_matmul"] or 0) * 100, ".0f") + " %",
             " / ".join(_fmt(r["agreement"].get(k), ".3f") if k in r["agreement_regions"] else "n/a (empty)" for k in REGIONS),
-        ]))
+        ])
     peer = result.get("segresnet")
     if peer and not peer.get("error"):
         inferer = peer["raw"]["volume"]["inferer"]
         speedup = result["reference_volume_s"] / peer["volume_latency_s"] if result["reference_volume_s"] else None
-        lines.append(_row([
+        table.append([
             SEGRESNET_NAME, "torch", f"3-D sliding window {tuple(inferer['roi_size'])}, overlap {inferer['overlap']}",
             _fmt(peer["params"], ",d"), "n/a", "n/a", _num(peer["volume_latency_s"]), _fmt(speedup, ".2f") + "x",
             "1.00x", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a",
-        ]))
+        ])
     elif peer:
-        lines.append(_row([SEGRESNET_NAME, f"failed: {peer['error']}"] + [""] * (len(header) - 2)))
+        table.append([SEGRESNET_NAME, f"failed: {peer['error']}"])
+    lines = [f"### Deployment latency ({result['machine']['device_name']}, {s['device']}, {result['threads']} threads)",
+             "", markdown_table(header, table).rstrip("\n")]
     mm = result["matmul"]
     source = (f"real case {inp['case']}" if inp["source"] == "real" else "phantom (data_prep.synthetic)") + (
         f", cut to {shape} for --tiny" if inp["tiny_cut"] else "")
@@ -400,7 +404,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 def plot_volume_times(result: Mapping[str, Any], path: str | Path) -> Path:
     """Horizontal bars of volume seconds per row (sorted, log x), with the target budget and SegResNet."""
-    from custom_modules.report import new_figure, save_figure
+    from raagr2_tools.reports import new_figure, save_figure
 
     from matplotlib.patches import Patch
 
@@ -486,7 +490,7 @@ def deploy(bundles: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         "segresnet_volume_s": segresnet_s,
         "variants": variants,
         "segresnet": segresnet,
-        "rows": _flatten(variants, reference_s, segresnet_s),
+        "rows": flatten_rows(variants, reference_s, segresnet_s),
     }
     result["target"] = target_summary(result)
     result["wall_time_s"] = time.perf_counter() - start
@@ -519,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--matmul-size", type=int, default=None, help="matmul reference size n (2048, tiny 256)")
     parser.add_argument("--matmul-repeats", type=int, default=5, help="timed matmuls (median)")
     parser.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default=None,
-                        help="dynamo = custom_modules.export.export_onnx, as shipped (default); legacy = "
+                        help="dynamo = raagr2_tools.shipping.export_onnx, as shipped (default); legacy = "
                              "torch.onnx.export(dynamo=False), default for --tiny (seconds instead of tens of seconds)")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--agreement-threshold", type=float, default=0.99,

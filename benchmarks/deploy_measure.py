@@ -30,15 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from custom_modules.constants import REGION_CHANNELS as REGIONS
+
 from .machine import device_name
-from .measure import _logger
+from .measure import step_logger
 from .timing import synchronize, time_repeats
 
 __all__ = [
     "CPU_BACKENDS",
     "CUDA_BACKENDS",
     "OPTIONS",
-    "REGIONS",
     "build_network",
     "calibrate_random_weights",
     "matmul_gflops",
@@ -55,9 +56,6 @@ CUDA_BACKENDS = CPU_BACKENDS + ("ort_cuda_fp16", "ort_trt_fp16")
 #: (a slice without brain has no brain box), so "crop" alone is the same as "skip+crop".
 OPTIONS: dict[str, tuple[bool, bool]] = {"full": (False, False), "skip": (True, False), "skip+crop": (True, True)}
 
-#: output channel order of the bundles' networks (MONAI ConvertToMultiChannelBasedOnBratsClasses)
-REGIONS = ("tc", "wt", "et")
-
 
 # --------------------------------------------------------------------------------------------------------------
 # network
@@ -67,7 +65,7 @@ def build_network(spec: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.
     """The variant's network (eval, CPU) and what was done to it: bundle ``network_def`` (with the spec's
     overrides), ``models/model.pt`` when it exists and fits, then the optional one-shot structured pruning
     (merged back to grouped convs: the deployed form)."""
-    from custom_modules.bundle_tools import bundle_network
+    from raagr2_tools.authoring import bundle_network
 
     bundle = Path(spec["bundle"])
     torch.manual_seed(int(spec.get("seed", 0)))
@@ -83,7 +81,7 @@ def build_network(spec: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.
             info["weights_error"] = f"{type(e).__name__}: {e}"[:300]
     prune = spec.get("prune")
     if prune:
-        from custom_modules.compression import (
+        from raagr2_tools.compression import (
             StructuredPruner,
             get_criterion,
             make_importance,
@@ -220,7 +218,7 @@ def _build_backends(
     """``{backend: callable}``, ``{backend: build info}`` and ``{backend: error}`` for the spec's backends."""
     import onnxruntime
 
-    from custom_modules.deploy import OnnxRuntimeNetwork
+    from custom_modules.inference import OnnxRuntimeNetwork
 
     wanted = list(spec["backends"])
     built: dict[str, Any] = {}
@@ -258,7 +256,7 @@ def _build_backends(
                 built[backend] = ort(path, [p for p in providers if p in available])
                 what = {"runtime": f"onnxruntime {onnxruntime.__version__} FP32"}
             elif backend == "ort_int8":
-                from custom_modules.export import quantize_int8
+                from raagr2_tools.shipping import quantize_int8
 
                 path = need_fp32()
                 log(f"INT8 quantisation (QDQ, MinMax on {len(calibration)} slices)")
@@ -268,7 +266,7 @@ def _build_backends(
                 what = {"runtime": f"onnxruntime {onnxruntime.__version__} INT8 (CPU EP)", "quantize_s": time.perf_counter() - q_start,
                         "quantization": {k: v for k, v in done.items() if k != "float_nodes"}}
             elif backend == "ort_cuda_fp16":
-                from custom_modules.export import convert_fp16
+                from raagr2_tools.shipping import convert_fp16
 
                 if device.type != "cuda" or "CUDAExecutionProvider" not in available:
                     raise RuntimeError(f"needs --device cuda and ONNX Runtime's CUDAExecutionProvider (available: {available})")
@@ -298,7 +296,7 @@ def _export_onnx(net: nn.Module, path: Path, example_shape: Sequence[int], spec:
     """FP32 ONNX with dynamic batch/H/W: the project's exporter (dynamo), or the legacy TorchScript exporter
     (``--tiny``: seconds instead of tens of seconds; the graph is not the shipped one)."""
     if spec["onnx_exporter"] == "dynamo":
-        from custom_modules.export import export_onnx
+        from raagr2_tools.shipping import export_onnx
 
         export_onnx(net, path, example_shape, opset=int(spec["opset"]))
         return
@@ -340,7 +338,7 @@ def _volume_row(
     flops_per_slice: int, sigmoid_output: bool,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Time ``volume`` through ``BrainSliceInferer`` with ``option``; returns the row and its mask."""
-    from custom_modules.deploy import BrainSliceInferer
+    from custom_modules.inference import BrainSliceInferer
 
     skip, crop = OPTIONS[option]
     sw = int(spec["sw_batch_size"])
@@ -389,7 +387,7 @@ def measure_variant(spec: dict[str, Any]) -> dict[str, Any]:
     from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters
 
     name = spec["name"]
-    log = _logger(name)
+    log = step_logger(name)
     device = torch.device(spec["device"])
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

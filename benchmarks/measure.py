@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from custom_modules.bundle_tools import bundle_network
+from raagr2_tools.authoring import bundle_network
 from custom_modules.networks.complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters
 
 from .machine import device_name
@@ -52,7 +52,7 @@ def load_bundle_network(bundle: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return bundle_network(bundle), raw
 
 
-def _logger(name: str) -> Log:
+def step_logger(name: str) -> Log:
     start = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -175,7 +175,7 @@ def measure_bundle(bundle: str | Path, settings: BenchSettings, name: str | None
 
     bundle = Path(bundle)
     name = name or bundle.name
-    log = _logger(name)
+    log = step_logger(name)
     device = torch.device(settings.device)
     memory = _PeakMemory(device)
     torch.manual_seed(settings.seed)
@@ -251,7 +251,7 @@ def measure_segresnet(settings: BenchSettings, name: str = "SegResNet (brats_mri
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import SegResNet
 
-    log = _logger(name)
+    log = step_logger(name)
     device = torch.device(settings.device)
     memory = _PeakMemory(device)
     torch.manual_seed(settings.seed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from custom_modules.report import new_figure, save_figure
+
+from raagr2_tools.reports import format_value as _fmt
+from raagr2_tools.reports import markdown_table, new_figure, save_figure
 
 __all__ = ["RATIO_KEYS", "compute_ratios", "render_tables", "plot_ratios"]
 
@@ -34,12 +36,6 @@ def compute_ratios(variants: Sequence[Mapping[str, Any]], reference: Mapping[str
     return {v["name"]: {k: _ratio(v.get(k), reference.get(k)) for k in RATIO_KEYS} for v in variants}
 
 
-def _fmt(value: Any, fmt: str, scale: float = 1.0) -> str:
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    return format(value * scale if scale != 1.0 else value, fmt)
-
-
 def render_tables(result: Mapping[str, Any]) -> str:
     """Two Markdown tables: raw quantities per variant, then ratios against the reference."""
     s = result["settings"]
@@ -61,13 +57,13 @@ def render_tables(result: Mapping[str, Any]) -> str:
         f"{train_mem} (MiB)",
         "threads",
     ]
-    lines = [f"### Measurements ({result['machine']['device_name']}, {s['device']})", "", _row(header), _rule(header)]
+    measured: list[list[str]] = []
     for v in result["variants"]:
         if v.get("error"):
-            lines.append(_row([v["name"], f"failed: {v['error']}"] + [""] * (len(header) - 2)))
+            measured.append([v["name"], f"failed: {v['error']}"])
             continue
-        lines.append(
-            _row(
+        measured.append(
+            (
                 [
                     v["name"],
                     _fmt(v["params"], ",d"),
@@ -85,10 +81,9 @@ def render_tables(result: Mapping[str, Any]) -> str:
             )
         )
     ratio_header = ["variant"] + [f"{label} ratio" for label in RATIO_KEYS.values()]
-    lines += ["", f"### Ratios vs {result['reference']} (variant / reference)", "", _row(ratio_header)]
-    lines.append(_rule(ratio_header))
-    for name, ratios in result["ratios"].items():
-        lines.append(_row([name] + [_fmt(ratios[k], ".3f") for k in RATIO_KEYS]))
+    ratio_rows = [[name] + [_fmt(ratios[k], ".3f") for k in RATIO_KEYS] for name, ratios in result["ratios"].items()]
+    lines = [f"### Measurements ({result['machine']['device_name']}, {s['device']})", "", markdown_table(header, measured)]
+    lines += [f"### Ratios vs {result['reference']} (variant / reference)", "", markdown_table(ratio_header, ratio_rows)]
     lines += [
         "",
         f"FLOPs: {result['flop_counter']} (2 FLOPs per multiply-add, MACs = FLOPs / 2; conv/matmul only), "
@@ -98,14 +93,6 @@ def render_tables(result: Mapping[str, Any]) -> str:
         f"warm-up. Each variant ran in a fresh process.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _rule(cells: Sequence[str]) -> str:
-    return "|" + "|".join("---" for _ in cells) + "|"
 
 
 def plot_ratios(result: Mapping[str, Any], path: str | Path) -> Path:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BRATS_LABELS: dict[int, str] = {
-    0: "background",
-    1: "NCR/NET: necrotic and non-enhancing tumour core",
-    2: "ED: peritumoural edema",
-    4: "ET: enhancing tumour",
-}
+from custom_modules.constants import BRATS_LABELS
+
+__all__ = ["BRATS_LABELS", "LABEL_CONVENTIONS", "remap_labels"]
 
 #: source label value -> BraTS label value, per convention.
 LABEL_CONVENTIONS: dict[str, dict[int, int]] = {

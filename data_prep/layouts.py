@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Channel order of every datalist image (as MONAI model-zoo brats_mri_segmentation): T1c, T1, T2, FLAIR.
-MODALITY_ORDER: tuple[str, ...] = ("t1c", "t1", "t2", "flair")
+from custom_modules.constants import MODALITY_ORDER  # channel order of every datalist image
+
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data_prep.layouts import MODALITY_ORDER
+from custom_modules.constants import MODALITY_ORDER
 
 #: BraTS 2018-2021 file suffix of each modality.
 BRATS2021_SUFFIXES: dict[str, str] = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair"}

@@ -77,13 +77,14 @@ def bake_settings(src: Path, dst: Path, settings: dict) -> Path:
     import json
     import shutil
 
-    from custom_modules.bundle_tools.variant import _apply_overrides, _dump
+    from custom_modules.files import json_text
+    from raagr2_tools.authoring.config import apply_overrides
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "dist", "__pycache__"))
     for path in (dst / "configs").glob("*.json"):
         config = json.loads(path.read_text())
         if isinstance(config, dict):
-            path.write_text(_dump(_apply_overrides(config, {k: v for k, v in settings.items() if k.split("#")[0] in config})))
+            path.write_text(json_text(apply_overrides(config, {k: v for k, v in settings.items() if k.split("#")[0] in config})))
     return dst
 
 
@@ -94,7 +95,7 @@ def deploy_bundles(tmp_path_factory: pytest.TempPathFactory, phantom_dataset) ->
     the compression step (DepGraph, 50 %, one shot) from the trained baseline copy: name -> bundle folder."""
     import os
 
-    from custom_modules.workflows.bundle_cli import run_bundle
+    from raagr2_tools.jobs.bundle_cli import run_bundle
 
     dataset_dir, datalist = phantom_dataset
     root = tmp_path_factory.mktemp("deploy_bundles")
@@ -124,7 +125,7 @@ EXPORT_TEST_SETTINGS = {"calibration_split": "test", "calibration_slices": 8, "e
 @pytest.fixture(scope="session")
 def exported_bundles(deploy_bundles: dict[str, Path], real_datalist: Path, tmp_path_factory) -> dict[str, Path]:
     """``deploy_bundles`` after the documented export command, calibrated and checked on the real cases."""
-    from custom_modules.workflows.bundle_cli import run_bundle
+    from raagr2_tools.jobs.bundle_cli import run_bundle
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")

@@ -131,7 +131,7 @@ def test_region_dice() -> None:
 
 def test_empty_reference_mask_makes_agreement_undefined_not_perfect() -> None:
     """A variant whose torch full mask is empty agrees 1.0 with any empty mask; that must not count as deployable."""
-    from benchmarks.deploy import _flatten
+    from benchmarks.deploy import flatten_rows
 
     def row(backend: str, voxels: int, volume_s: float) -> dict[str, Any]:
         return {"backend": backend, "option": "full", "volume_s": volume_s, "mask_voxels": {"tc": voxels, "wt": 5, "et": 0},
@@ -139,10 +139,10 @@ def test_empty_reference_mask_makes_agreement_undefined_not_perfect() -> None:
 
     variant = {"name": "v", "params": 1, "flops_per_slice": 1, "matmul": {"gflops": 1.0},
                "rows": [row("torch", 0, 10.0), row("ort_fp32", 0, 5.0)]}
-    rows = _flatten([variant], reference_s=10.0, segresnet_s=None)
+    rows = flatten_rows([variant], reference_s=10.0, segresnet_s=None)
     assert [r["agreement_regions"] for r in rows] == [["wt"], ["wt"]] and rows[1]["min_agreement"] == 0.9
     variant["rows"][0]["mask_voxels"]["wt"] = 0
-    rows = _flatten([variant], reference_s=10.0, segresnet_s=None)
+    rows = flatten_rows([variant], reference_s=10.0, segresnet_s=None)
     assert all(r["min_agreement"] is None for r in rows)
     result = {**_result([]), "rows": rows}
     assert "best_row" not in target_summary(result)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import BASELINE, REAL_CASES, SCHEMA, TINY, assert_label_maps_match_inputs
-from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
+from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
 
 CONFIGS = BASELINE / "configs"
 

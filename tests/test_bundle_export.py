@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import DEPLOY_BUNDLES, EXPORT_TEST_SETTINGS, REAL_CASES, assert_label_maps_match_inputs
-from custom_modules.export import FILES, BundleExporter, ExportParityError, head_node_names
-from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
+from raagr2_tools.shipping import FILES, BundleExporter, ExportParityError, head_node_names
+from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
 
 METADATA_KEYS = {"bundle", "bundle_name", "bundle_version", "channel_order", "normalisation", "output", "output_meaning"}
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import REAL_CASES, SCHEMA, assert_label_maps_match_inputs
-from custom_modules.bundle_tools import ZOO_CHECKS, BundlePackager, PackagingError, verify_bundle
-from custom_modules.bundle_tools.package import MODEL_FILES
-from custom_modules.bundle_tools.zoo_checks import bundle_on_sys_path
-from custom_modules.workflows.bundle_cli import run_bundle
+from raagr2_tools.shipping import ZOO_CHECKS, BundlePackager, PackagingError, verify_bundle
+from raagr2_tools.shipping.package import MODEL_FILES
+from raagr2_tools.shipping.zoo_checks import bundle_on_sys_path
+from raagr2_tools.jobs.bundle_cli import run_bundle
 
 #: a child process that cannot see this repository: its packages blocked, its folder off sys.path; it then runs
 #: ``python -m monai.bundle <argv>`` and reports what it tried to import from the repository
@@ -155,7 +155,7 @@ def test_self_check_rejects_code_that_needs_the_repository(deploy_bundles: dict[
     bundle = _bundle_copy(deploy_bundles["raagr2_baseline"], tmp_path / "raagr2_baseline")
     config = bundle / "configs" / "inference.json"
     content = json.loads(config.read_text())
-    content["needs_data_prep"] = {"_target_": "custom_modules.workflows.main_job.main", "_mode_": "callable"}
+    content["needs_data_prep"] = {"_target_": "raagr2_tools.jobs.main_job.main", "_mode_": "callable"}
     config.write_text(json.dumps(content, indent=4) + "\n")
     with pytest.raises(PackagingError, match=r"(?s)self-check of the packaged raagr2_baseline.*data_prep"):
         BundlePackager(bundle, tmp_path / "dist").run()

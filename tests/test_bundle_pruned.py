@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import REAL_CASES, REPO_ROOT, SCHEMA, TINY, assert_label_maps_match_inputs
-from custom_modules.bundle_tools.network import bundle_network
+from raagr2_tools.authoring.config import bundle_network
 from custom_modules.networks import RAAGR2Net
-from custom_modules.workflows.bundle_cli import bundle_command, run_bundle
+from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
 
 PRUNED = REPO_ROOT / "bundles" / "raagr2_pruned"
 COMPRESS = [PRUNED / "configs" / "train.json", PRUNED / "configs" / "compress.json"]
@@ -150,7 +150,7 @@ def test_structured_metadata_and_network_shapes_verify(depgraph_bundle: Path, tm
 LOAD_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from custom_modules.bundle_tools.network import bundle_network
+    from raagr2_tools.authoring.config import bundle_network
     root = sys.argv[1]
     net = bundle_network(root)
     net.load_state_dict(torch.load(root + "/models/model.pt", map_location="cpu", weights_only=True), strict=True)
@@ -246,7 +246,7 @@ def test_pruned_bundle_ckpt_export_torchscript(trained_pruned: Path, tmp_path: P
 
 def test_pruned_bundle_onnx_export(trained_pruned: Path, tmp_path: Path) -> None:
     """MONAI's ``onnx_export`` CLI (dynamo, list-form dynamic axes) on the pruned bundle, then ORT parity."""
-    from custom_modules.export import ONNX_DYNAMIC_AXES, onnx_max_abs_diff
+    from raagr2_tools.shipping import ONNX_DYNAMIC_AXES, onnx_max_abs_diff
 
     onnx_file = tmp_path / "model.onnx"
     converter = {"input_names": ["image"], "output_names": ["pred"], "dynamic_axes": ONNX_DYNAMIC_AXES, "opset_version": 18}

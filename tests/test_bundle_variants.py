@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import REAL_CASES, REPO_ROOT, SCHEMA, TINY
-from custom_modules.bundle_tools import write_variant_bundle
+from raagr2_tools.authoring import write_variant_bundle
 from custom_modules.networks import RAAGR2Net
-from custom_modules.workflows.bundle_cli import run_bundle
+from raagr2_tools.jobs.bundle_cli import run_bundle
 
 VARIANTS = sorted(p.parent for p in (REPO_ROOT / "bundles").glob("*/variant.json"))
 SHARED = REPO_ROOT / "bundles" / "raagr2_shared_depthwise"
@@ -24,7 +24,7 @@ SHARED = REPO_ROOT / "bundles" / "raagr2_shared_depthwise"
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda p: p.name)
 def test_generated_files_are_current(variant: Path) -> None:
-    assert write_variant_bundle(variant, check=True) == [], f"run: python -m custom_modules.bundle_tools.generate {variant}"
+    assert write_variant_bundle(variant, check=True) == [], f"run: python -m raagr2_tools.authoring.generate {variant}"
 
 
 def test_variant_states_only_differences(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Pruning criteria (custom_modules.compression.criteria) on tiny real RAAGR2-Nets: no mocks."""
+"""Pruning criteria (raagr2_tools.compression.criteria) on tiny real RAAGR2-Nets: no mocks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from torch import nn
 
-from custom_modules.compression.criteria import (
+from raagr2_tools.compression.criteria import (
     METHODS,
     LRPImportance,
     SlimmingRegularizer,
@@ -22,13 +22,14 @@ from custom_modules.compression.criteria import (
     make_importance,
     pruner_class,
 )
-from custom_modules.compression.structure import (
+from custom_modules.networks.pruned.structure import (
     fix_untracked_concat_inputs,
     input_bound_layers,
     shared_kernel_parameters,
     split_grouped_convs,
 )
 from custom_modules.losses import WeightedBCEDiceLoss
+from raagr2_tools.compression import TrainingHooks, attach_training_hooks
 from custom_modules.networks import RAAGR2Net
 
 TINY = (4, 8, 16, 32, 64)
@@ -85,7 +86,7 @@ def test_unknown_criterion_lists_methods() -> None:
 
 
 def test_make_importance_refusals(nets: dict[str, nn.Module]) -> None:
-    with pytest.raises(ValueError, match="snip is unstructured: use custom_modules.compression.snip"):
+    with pytest.raises(ValueError, match="snip is unstructured: use raagr2_tools.compression.snip"):
         make_importance(get_criterion("snip"), nets["none"])
     with pytest.raises(ValueError, match="batches"):
         make_importance(get_criterion("taylor"), nets["none"])
@@ -221,12 +222,12 @@ def train_gammas(regularize: bool, iterations: int, lr: float, reg: float) -> to
     net = tiny_net(dropout=0.0).train()
     example = torch.randn(1, 4, 32, 32)
     data = random_batches(iterations)
-    handlers = []
+    regularizer = None
     if regularize:
         factory = lambda: tp.pruner.BNScalePruner(  # noqa: E731
             net, example, importance=tp.importance.BNScaleImportance(normalizer=None), ignored_layers=[net.head]
         )
-        handlers.append(SlimmingRegularizer(factory, net, reg=reg))
+        regularizer = SlimmingRegularizer(factory, net, reg=reg)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -234,12 +235,14 @@ def train_gammas(regularize: bool, iterations: int, lr: float, reg: float) -> to
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=lr),
         loss_function=WeightedBCEDiceLoss(sigmoid=True),
-        train_handlers=handlers,
         decollate=False,
     )
+    handles = attach_training_hooks(trainer, regularizer.hooks()) if regularizer else []
     trainer.run()
+    for handle in handles:
+        handle.remove()
     if regularize:
-        assert isinstance(handlers[0].pruner, tp.pruner.BNScalePruner)
+        assert isinstance(regularizer.pruner, tp.pruner.BNScalePruner)
     return torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
 
 
@@ -257,6 +260,6 @@ def test_slimming_regularizer_needs_iteration_events() -> None:
     net = tiny_net()
     regularizer = SlimmingRegularizer(lambda: None, net)
     with pytest.raises(ValueError, match="IterationEvents"):
-        regularizer.attach(Engine(lambda engine, batch: None))
+        attach_training_hooks(Engine(lambda engine, batch: None), regularizer.hooks())
     with pytest.raises(RuntimeError):
         regularizer.regularize()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from custom_modules.compression.distillation import KnowledgeDistillationLoss, attention_map
+from raagr2_tools.compression.distillation import KnowledgeDistillationLoss, attention_map
 from custom_modules.losses import WeightedBCEDiceLoss
 from custom_modules.networks import RAAGR2Net
 

@@ -11,19 +11,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from custom_modules.compression import (
-    LAYER_GROUPS,
-    StructuredPruner,
-    build_dependency_graph,
-    make_schedule,
-    merge_split_convs,
-    pruned_network,
-    split_grouped_convs,
-)
-from custom_modules.compression.structure import SplitGroupedConv, input_bound_layers, is_multiplier_conv
 from custom_modules.networks import RAAGR2Net, count_flops
+from custom_modules.networks.pruned import build_dependency_graph, merge_split_convs, pruned_network, split_grouped_convs
+from custom_modules.networks.pruned.structure import SplitGroupedConv, input_bound_layers, is_multiplier_conv
+from raagr2_tools.compression import LAYER_GROUPS, StructuredPruner, make_schedule
 from custom_modules.networks.blocks.shared_reaspp import SharedDepthwiseKernel
-from custom_modules.report.compression import render_compression_markdown
+from raagr2_tools.reports.compression import render_compression_markdown
 
 SMALL = dict(features=(8, 16, 32, 64, 128), out_channels=3, sigmoid=False)
 
@@ -75,7 +68,7 @@ def test_plain_torch_pruning_breaks_on_the_enc1_concat_with_the_input() -> None:
         ignored = [net.head] + input_bound_layers(net, x)
         pruner = tp.pruner.BasePruner(net, x, importance=magnitude(), pruning_ratio=0.5, ignored_layers=ignored)
         if fix:
-            from custom_modules.compression import fix_untracked_concat_inputs
+            from custom_modules.networks.pruned import fix_untracked_concat_inputs
 
             assert fix_untracked_concat_inputs(pruner.DG) == 1
         pruner.step()

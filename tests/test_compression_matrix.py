@@ -1,8 +1,10 @@
 """Acceptance matrix: every criterion x {baseline, shared} x {one-shot, iterative, layer-wise} on the full-size
-RAAGR2-Net at 192 x 192 (tiny data: one scoring slice, one training step where a criterion trains). Every
-step is checked by a forward pass at 192 x 192 (the engine raises ``PruningCheckError`` otherwise) and every
-result by ONNX Runtime parity (the per-step ONNX check itself is covered by test_compression_engine.py and
-the bundle tests; here it would triple the run time)."""
+RAAGR2-Net at 192 x 192, run by the production loop (:class:`raagr2_tools.compression.CompressionLoop`) with
+plain PyTorch callbacks: one scoring slice, a one-step fine-tune that calls the loop's training hooks, and a
+Dice evaluation on that slice. Every step is checked by a forward pass at 192 x 192 (the engine raises
+``PruningCheckError`` otherwise) and every result, in its deployed (merged) form, by ONNX Runtime parity (the
+TorchScript exporter at 64 x 64: the per-step check and the shipped dynamo graph are covered by
+test_compression_engine.py and the bundle tests; here they would triple the run time)."""
 
 from __future__ import annotations
 
@@ -10,29 +12,26 @@ import copy
 
 import pytest
 import torch
+from monai.metrics import compute_dice
 from torch import nn
 
-from custom_modules.compression import (
+from custom_modules.constants import REGION_CHANNELS
+from custom_modules.losses import WeightedBCEDiceLoss
+from custom_modules.networks import RAAGR2Net, count_parameters
+from raagr2_tools.compression import (
     METHODS,
     SCHEDULES,
-    SlimmingRegularizer,
-    StructuredPruner,
-    apply_masks,
-    get_criterion,
-    iterative_snip_masks,
-    make_importance,
-    make_schedule,
-    onnx_parity,
-    pruner_class,
-    snip_masks,
-    snip_saliency,
+    CompressionLoop,
+    FineTuneSettings,
+    LoopCallbacks,
+    PruningSettings,
+    TrainingHooks,
 )
-from custom_modules.compression.criteria import scoring_mode
-from custom_modules.losses import WeightedBCEDiceLoss
-from custom_modules.networks import RAAGR2Net
 
 SHAPE = (1, 4, 192, 192)
 RATIO = 0.3
+
+pytestmark = pytest.mark.e2e
 
 
 def scoring_batch() -> dict[str, torch.Tensor]:
@@ -54,70 +53,87 @@ def trained_like(net: nn.Module) -> nn.Module:
     return net
 
 
-def one_training_step(net: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Module, regularizer=None) -> None:
-    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3)
-    net.train()
-    optimizer.zero_grad()
-    loss_fn(net(batch["image"]), batch["label"]).backward()
-    if regularizer is not None:
-        regularizer.regularize()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+class PlainCallbacks:
+    """The loop's callbacks as a plain PyTorch loop: SGD, one step per epoch, hooks called where a trainer
+    calls them; counts what the loop asked for."""
+
+    def __init__(self, net: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], loss_fn: nn.Module) -> None:
+        self.net, self.teacher, self.batch, self.loss_fn = net, teacher, batch, loss_fn
+        self.calls = {"finetune": 0, "after_backward": 0, "after_step": 0, "evaluate": 0}
+
+    def scoring_batches(self, count: int) -> list[dict[str, torch.Tensor]]:
+        return [self.batch] * count
+
+    def finetune(self, epochs: int, hooks: TrainingHooks) -> None:
+        self.calls["finetune"] += 1
+        optimizer = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=1e-3)
+        self.net.train()
+        for hook in hooks.on_start:
+            hook()
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            self.loss_fn(self.net(self.batch["image"]), self.batch["label"]).backward()
+            for hook in hooks.after_backward:
+                hook()
+                self.calls["after_backward"] += 1
+            optimizer.step()
+            for hook in hooks.after_step:
+                hook()
+                self.calls["after_step"] += 1
+        optimizer.zero_grad(set_to_none=True)
+
+    def evaluate(self, which: str, stage: str) -> dict:
+        self.calls["evaluate"] += 1
+        net = self.teacher if which == "teacher" else self.net
+        net.eval()
+        with torch.no_grad():
+            pred = (net(self.batch["image"]) > 0).float()
+        dice = compute_dice(pred, self.batch["label"], include_background=True, ignore_empty=False)[0]
+        row = {"case": "slice", **{f"{r}_dice": float(d) for r, d in zip(REGION_CHANNELS, dice)}}
+        return {"cases": [row], "dice": {r: row[f"{r}_dice"] for r in REGION_CHANNELS}, "hd95": {}}
 
 
-def run_structured(net: nn.Module, method: str, schedule: str, batch, loss_fn) -> list[dict]:
-    criterion = get_criterion(method)
-    pruner = StructuredPruner(net, SHAPE, allocation=criterion.default_allocation, onnx_check=False)
-    records = []
-    for step in make_schedule(schedule, RATIO, steps=2):
-        if criterion.sparse_training:
-            regularizer = SlimmingRegularizer(
-                lambda: pruner.make_pruner(make_importance(criterion, net), pruner_class=pruner_class(criterion)), net
-            )
-            regularizer.build()
-            one_training_step(net, batch, loss_fn, regularizer)
-        importance = make_importance(criterion, net, [batch], loss_fn)
-        with scoring_mode(net):
-            records.append(pruner.step(importance, step, pruner_class=pruner_class(criterion)))
-        net.zero_grad(set_to_none=True)
-    assert records[-1]["params"] < pruner.teacher_params
-    records[-1]["onnx_max_abs_diff"] = onnx_parity(net, (1, 4, 64, 64))
-    return records
-
-
-def run_snip(net: nn.Module, schedule: str, batch, loss_fn) -> float:
-    exclude = [net.head]
-    with scoring_mode(net, batch_stats=True):
-        if schedule == "oneshot":
-            masks = snip_masks(snip_saliency(net, batch, loss_fn, exclude=exclude), RATIO)
-        elif schedule == "iterative":
-            masks = iterative_snip_masks(net, batch, loss_fn, RATIO, steps=2, exclude=exclude)
-        else:
-            masks = snip_masks(snip_saliency(net, batch, loss_fn, exclude=exclude), RATIO, allocation="uniform")
-    apply_masks(net, masks)
-    masked = sum(int((~m).sum()) for m in masks.values())
-    scored = sum(m.numel() for m in masks.values())
-    assert masked == pytest.approx(RATIO * scored, rel=0.01)
-    one_training_step(net, batch, loss_fn)
-    apply_masks(net, masks)
-    net.eval()
-    with torch.no_grad():
-        assert net(torch.randn(*SHAPE)).shape == (1, 3, 192, 192)
-    return onnx_parity(net, (1, 4, 64, 64))
+def run_loop(template: nn.Module, method: str, schedule: str, batch, loss_fn):
+    teacher = copy.deepcopy(template).eval().requires_grad_(False)
+    net = copy.deepcopy(template)
+    callbacks = PlainCallbacks(net, teacher, batch, loss_fn)
+    pruning = PruningSettings(method=method, ratio=RATIO, schedule=schedule, iterative_steps=2, onnx_check=False,
+                              example_size=SHAPE[2:])
+    loop = CompressionLoop(
+        net, teacher, loss_fn, pruning, FineTuneSettings(epochs=1),
+        LoopCallbacks(callbacks.scoring_batches, callbacks.finetune, callbacks.evaluate),
+        final_onnx_exporter=None, measure_latency=False,
+    )
+    outcome = loop.run()
+    return net, outcome, callbacks
 
 
 @pytest.mark.parametrize("variant", ["none", "depthwise"], ids=["baseline", "shared"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_criterion_and_schedule_on_the_full_network(method: str, variant: str) -> None:
+    from raagr2_tools.shipping.onnx import onnx_parity
+
     torch.manual_seed(0)
     template = trained_like(RAAGR2Net(out_channels=3, sigmoid=False, sharing=variant))
+    teacher_params = count_parameters(template)
     batch = scoring_batch()
     loss_fn = WeightedBCEDiceLoss(sigmoid=True)
     for schedule in SCHEDULES:
-        net = copy.deepcopy(template)
+        net, outcome, calls = run_loop(template, method, schedule, batch, loss_fn)
+        record = outcome.record
+        assert set(outcome.finetuned["dice"]) == set(REGION_CHANNELS) and "before_finetune" in record
+        net.eval()
+        with torch.no_grad():
+            assert net(torch.randn(*SHAPE)).shape == (1, 3, 192, 192)
         if method == "snip":
-            assert run_snip(net, schedule, batch, loss_fn) <= 1e-4
+            snip = record["snip"]
+            assert snip["masked_weights"] == pytest.approx(RATIO * snip["scored_weights"], rel=0.01)
+            assert snip["zeros_after_finetune"] == snip["masked_weights"]  # masks held through fine-tuning
+            assert calls.calls["after_step"] >= 1 and outcome.history is None
         else:
-            records = run_structured(net, method, schedule, batch, loss_fn)
-            assert len(records) == {"oneshot": 1, "iterative": 2, "layerwise": 5}[schedule]
-            assert records[-1]["onnx_max_abs_diff"] <= 1e-4
+            assert len(record["steps"]) == {"oneshot": 1, "iterative": 2, "layerwise": 5}[schedule]
+            assert outcome.measurements["complexity"]["pruned"]["params"] < teacher_params == count_parameters(template)
+            assert count_parameters(net) == outcome.measurements["complexity"]["pruned"]["params"]
+            if method == "slimming":
+                assert calls.calls["after_backward"] == len(record["steps"])  # L1 on gamma during sparse training
+        assert onnx_parity(net, (1, 4, 64, 64), exporter="torchscript") <= 1e-4

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from custom_modules.report.compression import (
+from raagr2_tools.reports.compression import (
     dice_delta_points,
     render_compression_markdown,
     write_compression_report,

@@ -1,4 +1,4 @@
-"""Unstructured SNIP (custom_modules.compression.snip) on tiny real RAAGR2-Nets and a real SupervisedTrainer."""
+"""Unstructured SNIP (raagr2_tools.compression.snip) on tiny real RAAGR2-Nets and a real SupervisedTrainer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
 
-from custom_modules.compression.snip import (
+from raagr2_tools.compression.snip import (
     MaskEnforcer,
     apply_masks,
     count_masked_zeros,
@@ -18,8 +18,9 @@ from custom_modules.compression.snip import (
     snip_masks,
     snip_saliency,
 )
-from custom_modules.compression.structure import split_grouped_convs
+from custom_modules.networks.pruned.structure import split_grouped_convs
 from custom_modules.losses import WeightedBCEDiceLoss
+from raagr2_tools.compression import TrainingHooks, attach_training_hooks
 from custom_modules.networks import RAAGR2Net
 
 LOSS = WeightedBCEDiceLoss(sigmoid=True)
@@ -145,7 +146,7 @@ def test_scored_weights_exclude_containers() -> None:
     assert "enc1.fuse.conv.0.weight" in names
 
 
-def run_trainer(net: nn.Module, handlers: list, iterations: int = 3) -> None:
+def run_trainer(net: nn.Module, hooks: TrainingHooks, iterations: int = 3) -> None:
     data = [random_batch(seed=i) for i in range(iterations)]
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
@@ -154,9 +155,9 @@ def run_trainer(net: nn.Module, handlers: list, iterations: int = 3) -> None:
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4),
         loss_function=LOSS,
-        train_handlers=handlers,
         decollate=False,
     )
+    attach_training_hooks(trainer, hooks)
     trainer.run()
 
 
@@ -167,7 +168,7 @@ def test_mask_enforcer_keeps_masked_weights_zero() -> None:
     assert "head.weight" not in masks and masked > 0
     assert count_masked_zeros(net, masks) == 0  # fresh init: no weight is exactly 0
     head = net.head.weight.detach().clone()
-    run_trainer(net, [MaskEnforcer(net, masks)])  # masks applied on STARTED and after every optimizer step
+    run_trainer(net, MaskEnforcer(net, masks).hooks())  # masks applied on STARTED and after every optimizer step
     assert count_masked_zeros(net, masks) == masked
     assert not torch.equal(net.head.weight, head) and int((net.head.weight == 0).sum()) == 0  # head trains, unmasked
     kept = [p[masks[n]] for n, p in net.named_parameters() if n in masks]
@@ -179,5 +180,5 @@ def test_without_enforcer_masked_weights_regrow() -> None:
     masks = snip_masks(snip_saliency(net, random_batch(), LOSS, exclude=[net.head]), 0.8)
     apply_masks(net, masks)
     assert count_masked_zeros(net, masks) == n_masked(masks)
-    run_trainer(net, [], iterations=1)
+    run_trainer(net, TrainingHooks(), iterations=1)
     assert count_masked_zeros(net, masks) < n_masked(masks)

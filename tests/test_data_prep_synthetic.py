@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data_prep.layouts import MODALITY_ORDER
+from custom_modules.constants import MODALITY_ORDER
 from data_prep.prepare import prepare_datalist
 from data_prep.synthetic import main, make_phantom_case, write_phantom_dataset
 

@@ -1,4 +1,4 @@
-"""Tests for custom_modules.deploy backends: PyTorch, TorchScript and ONNX Runtime (FP32 and FP16) networks."""
+"""Tests for custom_modules.inference backends: PyTorch, TorchScript and ONNX Runtime (FP32 and FP16) networks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from monai.inferers import SliceInferer
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from custom_modules.deploy import (
+from custom_modules.inference import (
     BACKENDS,
     EXPORT_COMMAND,
     BrainSliceInferer,
@@ -19,7 +19,7 @@ from custom_modules.deploy import (
     backend_network,
     onnxruntime_providers,
 )
-from custom_modules.export import export_onnx
+from raagr2_tools.shipping import export_onnx
 from custom_modules.networks import RAAGR2Net
 
 

@@ -1,4 +1,4 @@
-"""Tests for custom_modules.deploy.BrainSliceInferer: SliceInferer parity, empty-slice skipping, brain crops."""
+"""Tests for custom_modules.inference.BrainSliceInferer: SliceInferer parity, empty-slice skipping, brain crops."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from torch import nn
 
-from custom_modules.deploy import BrainSliceInferer
+from custom_modules.inference import BrainSliceInferer
 from custom_modules.networks import RAAGR2Net
 
 BACKGROUND = -20.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from custom_modules.workflows.main_job import main
+from raagr2_tools.jobs.main_job import main
 
 
 def test_main_job_smoke(tmp_path: Path) -> None:

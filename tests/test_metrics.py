@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from custom_modules.constants import REGION_CHANNELS
 from custom_modules.metrics import (
     BRATS_EMPTY_PENALTY,
-    REGION_NAMES,
     BraTSHausdorff95Metric,
     ReferenceMeanIoUMetric,
     ReferenceSoftDiceMetric,
@@ -21,7 +21,7 @@ def _cube(shape=(24, 24, 24), start=6, size=8, shift=0):
 
 
 def test_penalty_constant():
-    assert REGION_NAMES == ("tc", "wt", "et")
+    assert REGION_CHANNELS == ("tc", "wt", "et")
     assert BRATS_EMPTY_PENALTY == pytest.approx(math.sqrt(240**2 + 240**2 + 155**2), abs=1e-3)
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, SCHEMA, TINY
 
-from custom_modules.bundle_tools import ZOO_CHECKS, verify_bundle
-from custom_modules.bundle_tools.verify import main as verify_main
+from raagr2_tools.shipping import ZOO_CHECKS, verify_bundle
+from raagr2_tools.shipping.verify import main as verify_main
 from custom_modules.networks import RAAGR2Net
 
 REPO_BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())

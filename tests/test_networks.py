@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from custom_modules.networks import FLOP_COUNTER, RAAGR2Net, checkpoint_size_mib, count_flops, count_parameters
-from custom_modules.export import export_onnx, onnx_max_abs_diff
+from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 from custom_modules.networks.blocks import AttentionBlock, ConvOne, ReASPP3, RecurrentBlock, RRCNNBlock, UpConv
 
 # Spec section 2.3, layer table (out_channels=5).

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from custom_modules.networks import SHARING_MODES, RAAGR2Net, count_parameters
-from custom_modules.export import export_onnx, onnx_max_abs_diff
+from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 from custom_modules.networks.blocks import (
     PAIRED_DILATION_GROUPS,
     RRCNNBlock,

@@ -1,6 +1,6 @@
 """Ignite handlers used by the bundle configs: atomic checkpoints, resume, per-case region metrics, progress."""
 
-from .checkpoint import BestModelSaver, FinalModelSaver, ResumeFromCheckpoint, TrainingStateSaver, atomic_path, save_atomic
+from .checkpoint import BestModelSaver, FinalModelSaver, ResumeFromCheckpoint, TrainingStateSaver, save_atomic
 from .progress import ProgressBarHandler
 from .region_metrics_writer import RegionMetricsWriter
 
@@ -11,6 +11,5 @@ __all__ = [
     "RegionMetricsWriter",
     "ResumeFromCheckpoint",
     "TrainingStateSaver",
-    "atomic_path",
     "save_atomic",
 ]

@@ -8,49 +8,18 @@ so a checkpoint on disk is always complete. Only plain ``state_dict`` content is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
+from ..files import atomic_path
+from .distributed import is_main_process
+
 logger = logging.getLogger(__name__)
-
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; on success it is synced to disk and replaces ``path``
-    (mode 0644 less the umask), so ``path`` holds either the old or the complete new file, never a partial one.
-    On an exception the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)  # mkstemp creates 0600; a saved model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -95,7 +64,7 @@ class TrainingStateSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()  # iteration, epoch_length, max_epochs
@@ -124,7 +93,7 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_main_process() or engine.state.best_metric_epoch != engine.state.epoch:
+        if not is_main_process() or engine.state.best_metric_epoch != engine.state.epoch:
             return
         save_atomic(_unwrap(self.network).state_dict(), self.path)
         logger.info(f"new best {engine.state.best_metric:.4f} at epoch {engine.state.epoch}: saved {self.path}")
@@ -149,7 +118,7 @@ class FinalModelSaver:
 
     def __call__(self, engine: Engine) -> None:
         validated = self.evaluator is not None and self.evaluator.state.best_metric_epoch > 0
-        if validated or not _is_main_process():
+        if validated or not is_main_process():
             return
         logger.warning(f"no validation result chose a best model: saving the final weights to {self.path}")
         save_atomic(_unwrap(self.network).state_dict(), self.path)

@@ -13,9 +13,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import string_list_all_gather
 
-from custom_modules.report.summary import region_summary
-
-from .checkpoint import _is_main_process
+from ..constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
+from ..metrics.summary import region_summary
+from .distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class RegionMetricsWriter:
         dice_metric: str = "val_mean_dice",
         hd95_metric: str | None = "val_hd95",
         reference_metrics: Mapping[str, str] | None = None,
-        region_names: Sequence[str] = ("tc", "wt", "et"),
+        region_names: Sequence[str] = REGION_CHANNELS,
         prefix: str = "val",
         filename: str = "per_case_metrics",
         image_key: str = "image",
@@ -99,7 +99,7 @@ class RegionMetricsWriter:
         if len(cases) != n:
             logger.warning(f"{len(cases)} case names for {n} metric rows; naming rows by index")
             cases = [f"case_{i}" for i in range(n)]
-        order = [f"{r}_{k}" for k in self.region_metrics for r in ("wt", "tc", "et") if r in self.region_names]
+        order = [f"{r}_{k}" for k in self.region_metrics for r in REGION_DISPLAY_ORDER if r in self.region_names]
         order += [c for c in columns if c not in order]
         return [{"case": cases[i], **{c: float(columns[c][i]) for c in order}} for i in range(n)]
 
@@ -116,7 +116,7 @@ class RegionMetricsWriter:
             f"epoch {engine.state.epoch} per-case means over {len(rows)} cases: "
             + ", ".join(f"{c} {v:.4f}" for c, v in mean.items())
         )
-        if not _is_main_process():
+        if not is_main_process():
             return
         os.makedirs(self.output_dir, exist_ok=True)
         base = os.path.join(self.output_dir, self.filename)

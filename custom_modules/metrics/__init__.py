@@ -1,6 +1,6 @@
 """Metrics for raagr2-slim: BraTS region Dice (MONAI), BraTS HD95, and the reference study's metrics.
 
-Channel order of predictions and labels is MONAI's BraTS order, :data:`REGION_NAMES`.
+Channel order of predictions and labels is MONAI's BraTS order, :data:`custom_modules.constants.REGION_CHANNELS`.
 """
 
 from __future__ import annotations
@@ -9,18 +9,16 @@ from monai.metrics import DiceMetric
 
 from .hausdorff95 import BRATS_EMPTY_PENALTY, BraTSHausdorff95Metric
 from .reference import ReferenceMeanIoUMetric, ReferenceSoftDiceMetric
+from .summary import region_summary
 
 __all__ = [
-    "REGION_NAMES",
     "region_dice_metric",
     "BraTSHausdorff95Metric",
     "BRATS_EMPTY_PENALTY",
     "ReferenceSoftDiceMetric",
     "ReferenceMeanIoUMetric",
+    "region_summary",
 ]
-
-#: channel order: 0 = tumour core, 1 = whole tumour, 2 = enhancing tumour
-REGION_NAMES = ("tc", "wt", "et")
 
 
 def region_dice_metric(reduction: str = "mean_batch") -> DiceMetric:

@@ -1,1 +1,0 @@
-"""End-to-end jobs that drive the bundles the way a user does (``python -m monai.bundle run ...``)."""

@@ -1,0 +1,158 @@
+"""Write a pruned (or SNIP-masked) network as a standalone MONAI bundle folder.
+
+The new bundle takes every config of the compression bundle except ``compress.json`` (so train, evaluate,
+inference and multi-GPU training work exactly as on the baseline), with ``network_def`` replaced by one that
+rebuilds the pruned network from ``configs/pruning_history.json`` (torch-pruning's JSON-serialisable pruning
+history; see :func:`custom_modules.networks.pruned.pruned_network`). ``models/model.pt`` is a plain state_dict
+(loadable with ``weights_only=True``); the metadata records the compression and ``docs/`` holds the report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from custom_modules.files import atomic_path, json_text
+from custom_modules.handlers import save_atomic
+from raagr2_tools.authoring.config import apply_overrides
+from raagr2_tools.reports.compression import write_compression_report
+
+__all__ = ["HISTORY_FILE", "COMPRESSION_CONFIG", "pruned_bundle_name", "pruned_network_def", "write_pruned_bundle"]
+
+#: the pruning history inside a pruned bundle
+HISTORY_FILE = "configs/pruning_history.json"
+#: the compression step's config: not part of the bundles it writes
+COMPRESSION_CONFIG = "compress.json"
+COPIED_FILES = ("LICENSE", "docs/data_license.txt", "configs/logging.conf")
+
+
+def pruned_bundle_name(method: str, ratio: float, variant: str = "baseline") -> str:
+    """``raagr2_pruned_<method>_<N>`` (``N`` = percent), with ``_shared`` for the shared-depthwise variant."""
+    suffix = "" if variant == "baseline" else "_shared"
+    return f"raagr2_pruned_{method}_{int(round(ratio * 100))}{suffix}"
+
+
+def pruned_network_def(network_config: Mapping[str, Any], structured: bool) -> dict[str, Any]:
+    """The ``network_def`` of a pruned bundle: ``network_config`` wrapped in
+    :func:`custom_modules.networks.pruned.pruned_network` (structured), or unchanged (masked, same shapes)."""
+    if not structured:
+        return dict(network_config)
+    return {
+        "_target_": "custom_modules.networks.pruned.pruned_network",
+        "network": dict(network_config),
+        "pruning_history": f"$@bundle_root + '/{HISTORY_FILE}'",
+    }
+
+
+def _metadata(template: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    meta = json.loads(json.dumps(template))
+    method, ratio, schedule = report["method"], report["ratio"], report["schedule"]
+    teacher, pruned = report["complexity"]["teacher"], report["complexity"]["pruned"]
+    what = "unstructured SNIP masks" if report.get("snip") else "structured channel pruning"
+    meta["version"] = "0.1.0"
+    meta["changelog"] = {"0.1.0": f"{what} of RAAGR2-Net ({report['variant']}) with {method}, ratio {ratio}, {schedule} schedule"}
+    meta["name"] = f"RAAGR2-Net brain tumour segmentation (pruned: {method}, {int(round(ratio * 100))}%)"
+    meta["description"] = (
+        f"RAAGR2-Net ({report['variant']} variant) compressed by {what} with the {method} criterion "
+        f"({report.get('criterion_reference', '')}), ratio {ratio}, {schedule} schedule, {report['allocation']} "
+        f"allocation, then fine-tuned{' with knowledge distillation' if report.get('finetune', {}).get('distillation') else ''}: "
+        f"{pruned['params']:,} parameters (teacher {teacher['params']:,}), {pruned['flops'] / 1e9:.2f} GFLOPs per "
+        f"{'x'.join(str(s) for s in report['input_shape'][2:])} slice (teacher {teacher['flops'] / 1e9:.2f}). "
+        "See docs/compression_report.md."
+    )
+    meta.setdefault("required_packages_version", {})["torch-pruning"] = "1.6.1"
+    if "optional_packages_version" in meta:
+        meta["optional_packages_version"]["torch-pruning"] = "1.6.1"
+    meta["compression"] = {
+        "method": method,
+        "criterion_reference": report.get("criterion_reference"),
+        "ratio": ratio,
+        "schedule": schedule,
+        "allocation": report["allocation"],
+        "variant": report["variant"],
+        "teacher": report["teacher"],
+        "params": pruned["params"],
+        "nonzero_params": pruned["nonzero_params"],
+        "flops": pruned["flops"],
+        "teacher_params": teacher["params"],
+        "teacher_flops": teacher["flops"],
+        "flop_counter": report["flop_counter"],
+        "input_shape": report["input_shape"],
+    }
+    return meta
+
+
+def _readme(report: Mapping[str, Any], name: str) -> str:
+    return (
+        f"# {name}\n\n"
+        f"A RAAGR2-Net compressed by raagr2-slim's compression step ({report['method']}, ratio {report['ratio']}, "
+        f"{report['schedule']} schedule) from `{report['teacher']}`. The configs are those of the baseline bundle "
+        + (
+            "with the plain network: unstructured SNIP masks keep every shape, the masked weights are zeros in "
+            if report.get("snip")
+            else "with a `network_def` that rebuilds the pruned network from `configs/pruning_history.json`; "
+        )
+        + "`models/model.pt`, a plain state_dict.\n\n"
+        "Commands (from the bundle's parent folder, with raagr2-slim installed):\n\n"
+        "```bash\n"
+        f"python -m monai.bundle run inference --config_file {name}/configs/inference.json --bundle_root {name} "
+        "--dataset_dir DATA --data_list_file_path DATALIST\n"
+        f"python -m monai.bundle run training --config_file {name}/configs/train.json --bundle_root {name} "
+        "--dataset_dir DATA --data_list_file_path DATALIST\n"
+        f"# TorchScript, ONNX FP32/INT8/FP16 into {name}/models/, each checked against PyTorch on real slices\n"
+        f"python -m monai.bundle run export --config_file {name}/configs/export.json --bundle_root {name} "
+        "--dataset_dir DATA --data_list_file_path DATALIST\n"
+        f"# a self-contained archive DIR/{name}.zip (custom code in scripts/)\n"
+        f"python -m monai.bundle run package --config_file {name}/configs/export.json --bundle_root {name} --output_dir DIR\n"
+        "```\n\n"
+        "The compression report (parameters, FLOPs, channels kept per layer, WT/TC/ET Dice and HD95 of the teacher, "
+        "the pruned network before and after fine-tuning) is `docs/compression_report.md`.\n"
+    )
+
+
+def write_pruned_bundle(
+    template_dir: str | Path,
+    bundle_dir: str | Path,
+    network_config: Mapping[str, Any],
+    pruning_history: Sequence[Any] | None,
+    state_dict: Mapping[str, torch.Tensor],
+    report: Mapping[str, Any],
+) -> Path:
+    """Write the bundle folder ``bundle_dir`` from the compression bundle ``template_dir``; returns it.
+
+    Args:
+        template_dir: the compression bundle (configs, LICENSE, data licence, logging.conf).
+        bundle_dir: the new bundle folder (created; existing files are overwritten).
+        network_config: the unpruned ``network_def`` config (``_target_`` and arguments).
+        pruning_history: torch-pruning's pruning history; ``None`` for a masked (unstructured) network.
+        state_dict: the pruned network's weights.
+        report: the compression report (see :mod:`raagr2_tools.reports.compression`).
+    """
+    template_dir, bundle_dir = Path(template_dir), Path(bundle_dir)
+    structured = pruning_history is not None
+    network_def = pruned_network_def(network_config, structured)
+    files: dict[str, str | bytes] = {}
+    for path in sorted((template_dir / "configs").glob("*.json")):
+        if path.name == COMPRESSION_CONFIG:
+            continue
+        config = json.loads(path.read_text())
+        if path.name == "metadata.json":
+            config = _metadata(config, report)
+        elif "network_def" in config:
+            config = apply_overrides(config, {"network_def": network_def})
+        files[f"configs/{path.name}"] = json_text(config)
+    if structured:
+        files[HISTORY_FILE] = json_text(list(pruning_history))
+    for name in COPIED_FILES:
+        files[name] = (template_dir / name).read_bytes()
+    files["docs/README.md"] = _readme(report, bundle_dir.name)
+    for name, content in files.items():
+        with atomic_path(bundle_dir / name) as tmp:
+            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    save_atomic({k: v.detach().cpu() for k, v in state_dict.items()}, bundle_dir / "models" / "model.pt")
+    write_compression_report(report, bundle_dir / "docs")
+    return bundle_dir

@@ -1,0 +1,395 @@
+"""Pruning criteria of the compression toolkit as torch-pruning importances (``compression_notes.md`` section 3).
+
+Every structured criterion is a :class:`Criterion` record (paper, allocation, what scoring needs) plus a
+``tp.importance.Importance`` built by :func:`make_importance`:
+
+===================  ========================================================================================
+``magnitude_l1``     L1 norm of the layer's own filters (Li et al., ICLR 2017).
+``magnitude_l2``     the same with the L2 norm.
+``slimming``         ``|gamma|`` of the BN after each conv, after L1-sparse training (Liu et al., ICCV 2017);
+                     the sparse training is :class:`SlimmingRegularizer`, the pruner ``tp.pruner.BNScalePruner``.
+``depgraph``         group L2 norm over all coupled layers, mean-normalised (Fang et al., CVPR 2023).
+``taylor``           ``|sum w dL/dw|`` per filter over the scoring batches (Molchanov et al., CVPR 2019).
+``lrp``              relevance of each conv output map (Yeom et al., Pattern Recognition 2021): :class:`LRPImportance`.
+``snip``             unstructured connection sensitivity (Lee et al., ICLR 2019): see :mod:`.snip`.
+``snip_structured``  connection sensitivity summed per filter, one batch at initialisation.
+===================  ========================================================================================
+
+Batches are dicts with ``"image"`` ``[B, 4, H, W]`` float and ``"label"`` ``[B, 3, H, W]`` float 0/1 (the
+TC/WT/ET region channels); the network returns logits ``[B, 3, H, W]``; ``loss_fn(logits, label)`` is a scalar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from .hooks import TrainingHooks
+
+__all__ = [
+    "METHODS",
+    "Criterion",
+    "get_criterion",
+    "make_importance",
+    "pruner_class",
+    "LRPImportance",
+    "conv_relevance_maps",
+    "lrp_relevance",
+    "SlimmingRegularizer",
+    "scoring_mode",
+    "network_device",
+    "batch_tensors",
+    "accumulate_gradients",
+    "default_loss",
+]
+
+METHODS = ("magnitude_l1", "magnitude_l2", "slimming", "depgraph", "taylor", "lrp", "snip", "snip_structured")
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A pruning criterion and how it is applied.
+
+    Attributes:
+        name: one of :data:`METHODS`.
+        reference: the paper the criterion follows.
+        structured: False only for ``"snip"`` (unstructured masks, :mod:`.snip`).
+        from_init: scored on the freshly initialised network (``snip``, ``snip_structured``).
+        needs_batches: scoring needs data batches (``taylor``, ``lrp``, ``snip_structured``).
+        sparse_training: L1 on BN gamma during training before pruning (``slimming``).
+        default_allocation: ``"uniform"`` (one ratio per layer) or ``"global"`` (ranking across layers).
+    """
+
+    name: str
+    reference: str
+    structured: bool = True
+    from_init: bool = False
+    needs_batches: bool = False
+    sparse_training: bool = False
+    default_allocation: str = "uniform"
+
+
+_LI = "Li et al., ICLR 2017 (Pruning Filters for Efficient ConvNets)"
+_SNIP = "Lee, Ajanthan & Torr, ICLR 2019 (SNIP: Single-shot Network Pruning based on Connection Sensitivity)"
+
+_CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("magnitude_l1", _LI),
+        Criterion("magnitude_l2", _LI + ", L2-norm variant"),
+        Criterion(
+            "slimming",
+            "Liu et al., ICCV 2017 (Learning Efficient Convolutional Networks through Network Slimming)",
+            sparse_training=True,
+            default_allocation="global",
+        ),
+        Criterion("depgraph", "Fang et al., CVPR 2023 (DepGraph: Towards Any Structural Pruning)"),
+        Criterion(
+            "taylor",
+            "Molchanov et al., CVPR 2019 (Importance Estimation for Neural Network Pruning)",
+            needs_batches=True,
+        ),
+        Criterion(
+            "lrp",
+            "Yeom et al., Pattern Recognition 115:107899, 2021 (Pruning by Explaining: A Novel Criterion for "
+            "Deep Neural Network Pruning)",
+            needs_batches=True,
+            default_allocation="global",
+        ),
+        Criterion("snip", _SNIP, structured=False, from_init=True, default_allocation="global"),
+        Criterion(
+            "snip_structured",
+            _SNIP + ", aggregated per filter",
+            from_init=True,
+            needs_batches=True,
+            default_allocation="global",
+        ),
+    )
+}
+
+
+def get_criterion(name: str) -> Criterion:
+    """The :class:`Criterion` called ``name``.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`METHODS`.
+    """
+    if name not in _CRITERIA:
+        raise ValueError(f"unknown pruning criterion {name!r}; expected one of {', '.join(METHODS)}.")
+    return _CRITERIA[name]
+
+
+def pruner_class(criterion: Criterion) -> type:
+    """``tp.pruner.BNScalePruner`` for slimming (its ``regularize`` is the L1 on gamma), else ``tp.pruner.BasePruner``."""
+    return tp.pruner.BNScalePruner if criterion.name == "slimming" else tp.pruner.BasePruner
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scoring helpers
+
+
+@contextlib.contextmanager
+def scoring_mode(net: nn.Module, batch_stats: bool = False) -> Iterator[nn.Module]:
+    """Run scoring forwards without side effects: ``net`` in eval mode (no dropout), restored afterwards.
+
+    With ``batch_stats`` the BatchNorm layers use the statistics of the batch (train mode), as at
+    initialisation, where the running statistics carry no information; their running buffers are restored
+    on exit, so the network is left exactly as it was.
+    """
+    was_training = {m: m.training for m in net.modules()}
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()} if batch_stats else {}
+    net.eval()
+    if batch_stats:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+    try:
+        yield net
+    finally:
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                if name in buffers and buffers[name].shape == b.shape:
+                    b.copy_(buffers[name])
+        for m, flag in was_training.items():
+            m.train(flag)
+
+
+def network_device(net: nn.Module) -> torch.device:
+    """The device of ``net``'s first parameter (CPU for a network without parameters)."""
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def batch_tensors(batch: Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(image, label)`` of a batch dict as float tensors on ``device``."""
+    return batch["image"].to(device).float(), batch["label"].to(device).float()
+
+
+def default_loss() -> LossFn:
+    """The training loss of the bundles, :class:`custom_modules.losses.WeightedBCEDiceLoss` on logits."""
+    from custom_modules.losses import WeightedBCEDiceLoss
+
+    return WeightedBCEDiceLoss(sigmoid=True)
+
+
+def accumulate_gradients(
+    net: nn.Module, batches: Sequence[Mapping[str, Tensor]], loss_fn: LossFn, batch_stats: bool = False
+) -> float:
+    """Zero ``net``'s gradients, then accumulate ``.grad`` of the mean loss over ``batches``; returns that mean.
+
+    See :func:`scoring_mode` for ``batch_stats``. The gradients stay in ``.grad`` for the pruner.
+    """
+    if not batches:
+        raise ValueError("at least one batch is needed to compute gradients.")
+    device = network_device(net)
+    net.zero_grad(set_to_none=True)
+    total = 0.0
+    with scoring_mode(net, batch_stats=batch_stats), torch.enable_grad():
+        for batch in batches:
+            image, label = batch_tensors(batch, device)
+            loss = loss_fn(net(image), label) / len(batches)
+            loss.backward()
+            total += float(loss.detach())
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LRP
+
+
+def conv_relevance_maps(net: nn.Module, image: Tensor, label: Tensor) -> dict[nn.Module, list[Tensor]]:
+    """Signed LRP-0 relevance of every ``nn.Conv2d`` output map, one ``[B, C_out, H, W]`` tensor per call.
+
+    The relevance at the logits is ``R_out = logits * label`` (pre-sigmoid logits masked to the ground
+    truth; S = sum(R_out)); that of a conv output ``a`` is ``R_a = a * dS/da`` (the gradient x input identity of
+    LRP-0). This is exact LRP-0 (and conserves ``sum(R_a) = S``) for bias-free ReLU networks; through conv
+    biases, BatchNorm shifts and the sigmoid attention gates it is an approximation. A module called several
+    times (recurrent blocks) gets one map per call. ``net`` is run as it is (its mode is the caller's choice).
+    """
+    outputs: list[tuple[nn.Module, Tensor]] = []
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        outputs.append((module, output))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.enable_grad():
+            image = image.detach().clone().requires_grad_(True)  # a graph exists even with frozen parameters
+            logits = net(image)
+            score = (logits * label).sum()
+            grads = torch.autograd.grad(score, [t for _, t in outputs], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps: dict[nn.Module, list[Tensor]] = {}
+    for (module, output), grad in zip(outputs, grads):
+        relevance = torch.zeros_like(output) if grad is None else output.detach() * grad
+        maps.setdefault(module, []).append(relevance.detach())
+    return maps
+
+
+def lrp_relevance(net: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> dict[nn.Module, Tensor]:
+    """Filter relevance of every ``nn.Conv2d``: ``sum |R_k|`` over batches, samples, pixels and calls, ``[C_out]``.
+
+    The network is scored in eval mode (running BN statistics, no dropout) and left unchanged; see
+    :func:`conv_relevance_maps` for the relevance itself.
+    """
+    if not batches:
+        raise ValueError("lrp needs at least one batch of reference samples.")
+    device = network_device(net)
+    relevance: dict[nn.Module, Tensor] = {}
+    with scoring_mode(net):
+        for batch in batches:
+            image, label = batch_tensors(batch, device)
+            for module, maps in conv_relevance_maps(net, image, label).items():
+                score = sum(m.abs().sum(dim=(0, 2, 3)) for m in maps)
+                relevance[module] = relevance[module] + score if module in relevance else score
+    return relevance
+
+
+class LRPImportance(tp.importance.GroupMagnitudeImportance):
+    """Pruning by Explaining (Yeom et al., Pattern Recognition 115:107899, 2021) as a torch-pruning importance.
+
+    A channel of a group scores the mean, over the group's convs whose output channels it is
+    (``prune_conv_out_channels`` / ``prune_depthwise_conv_out_channels``), of those filters' relevance
+    (:func:`lrp_relevance`). No normaliser: relevance is comparable across layers by conservation, so it is
+    meant for global ranking. Convs without relevance (the shared-depthwise kernel is functional, not a
+    module) are skipped; groups with none return None (not pruned).
+
+    Args:
+        relevance: per ``nn.Conv2d``, per output channel, ``[C_out]``.
+        net, batches: when given, the relevance is recomputed whenever it no longer matches a layer's width
+            (after an earlier pruning step of an iterative schedule).
+    """
+
+    def __init__(
+        self,
+        relevance: Mapping[nn.Module, Tensor],
+        net: nn.Module | None = None,
+        batches: Sequence[Mapping[str, Tensor]] = (),
+    ) -> None:
+        super().__init__(p=1, group_reduction="mean", normalizer=None, target_types=[nn.Conv2d])
+        self.relevance: dict[nn.Module, Tensor] = dict(relevance)
+        self.net = net
+        self.batches = list(batches)
+
+    def _stale(self, layer: nn.Module) -> bool:
+        return layer in self.relevance and self.relevance[layer].shape[0] != layer.out_channels
+
+    def __call__(self, group: tp.Group) -> Tensor | None:
+        out_fns = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+        deps = [(i, dep, idxs) for i, (dep, idxs) in enumerate(group) if dep.pruning_fn in out_fns]
+        if any(self._stale(dep.layer) for _, dep, _ in deps):
+            if self.net is None or not self.batches:
+                raise RuntimeError("relevance is stale (the network was pruned) and there is no net/batches to redo it")
+            self.relevance = lrp_relevance(self.net, self.batches)
+        group_imp: list[Tensor] = []
+        group_idxs: list[list[int]] = []
+        for i, dep, idxs in deps:
+            if dep.layer not in self.relevance:
+                continue
+            group_imp.append(self.relevance[dep.layer][list(idxs)])
+            group_idxs.append(group[i].root_idxs)
+        if not group_imp:
+            return None
+        return self._normalize(self._reduce(group_imp, group_idxs), self.normalizer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# importances
+
+
+def make_importance(
+    criterion: Criterion,
+    net: nn.Module,
+    batches: Sequence[Mapping[str, Tensor]] = (),
+    loss_fn: LossFn | None = None,
+) -> tp.importance.Importance:
+    """The torch-pruning importance of ``criterion`` for ``net`` (scoring ``batches`` where it needs data).
+
+    - ``taylor``: gradients of the mean ``loss_fn`` over all ``batches`` are accumulated in ``.grad`` with the
+      network in eval mode (running BN statistics, no dropout: the function that is deployed, and no change to
+      the BN buffers); ``GroupTaylorImportance(multivariable=True)`` reads them when the pruner runs, so call
+      ``pruner.step()`` before any ``zero_grad``/optimizer step.
+    - ``snip_structured``: the same, on exactly one batch (``batches[0]``) with batch BN statistics (the net is
+      freshly initialised), scored ``sum |w * g|`` per filter (``multivariable=False``, no normaliser).
+    - ``lrp``: :class:`LRPImportance` on the relevance over all ``batches`` (``loss_fn`` unused).
+
+    ``loss_fn`` defaults to the bundles' ``WeightedBCEDiceLoss(sigmoid=True)``.
+
+    Raises:
+        ValueError: ``snip`` (unstructured, see :mod:`raagr2_tools.compression.snip`) or no batches for a
+            criterion with ``needs_batches``.
+    """
+    name = criterion.name
+    if not criterion.structured:
+        raise ValueError(f"{name} is unstructured: use raagr2_tools.compression.snip")
+    if criterion.needs_batches and not batches:
+        raise ValueError(f"{name} needs data batches to score the network.")
+    loss_fn = loss_fn if loss_fn is not None else default_loss()
+    if name == "magnitude_l1":
+        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
+    if name == "magnitude_l2":
+        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="first", normalizer=None)
+    if name == "depgraph":
+        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    if name == "slimming":
+        return tp.importance.BNScaleImportance(normalizer=None)
+    if name == "taylor":
+        accumulate_gradients(net, batches, loss_fn)
+        return tp.importance.GroupTaylorImportance(multivariable=True)
+    if name == "snip_structured":
+        accumulate_gradients(net, batches[:1], loss_fn, batch_stats=True)
+        return tp.importance.GroupTaylorImportance(multivariable=False, normalizer=None)
+    if name == "lrp":
+        return LRPImportance(lrp_relevance(net, batches), net=net, batches=batches)
+    raise ValueError(f"no importance for criterion {name!r}.")  # pragma: no cover - METHODS are all handled
+
+
+# --------------------------------------------------------------------------------------------------------------
+# network slimming: sparse training
+
+
+class SlimmingRegularizer:
+    """Network Slimming's L1 penalty on BN gamma during training (Liu et al., ICCV 2017), as training hooks.
+
+    At the start of training (:meth:`build`) the pruner is built by ``pruner_factory`` (the network may have
+    changed shape since the last run; the factory runs with :func:`scoring_mode`, so its tracing forward changes
+    no BN buffer); after every backward pass, before the optimizer step (:meth:`regularize`), it calls
+    ``pruner.regularize(network, reg=reg)``, which adds ``reg * sign(gamma)`` to ``gamma.grad`` of every BN
+    outside the pruner's ignored layers. :meth:`hooks` returns both as :class:`.hooks.TrainingHooks`. Build the pruner with
+    ``group_lasso=False`` (the default): ``group_lasso=True`` crashes on groups without BN in torch-pruning 1.6.1.
+
+    Args:
+        pruner_factory: returns the ``tp.pruner.BNScalePruner`` of ``network``.
+        network: the trained network.
+        reg: lambda, the L1 coefficient (paper: 1e-4 VGG, 1e-5 ResNet; sweep 1e-5..1e-4).
+    """
+
+    def __init__(
+        self, pruner_factory: Callable[[], tp.pruner.BNScalePruner], network: nn.Module, reg: float = 1e-4
+    ) -> None:
+        self.pruner_factory = pruner_factory
+        self.network = network
+        self.reg = float(reg)
+        self.pruner: tp.pruner.BNScalePruner | None = None
+
+    def hooks(self) -> TrainingHooks:
+        """Build at the start of training, regularise after every backward pass."""
+        return TrainingHooks(on_start=[self.build], after_backward=[self.regularize])
+
+    def build(self) -> None:
+        with scoring_mode(self.network):
+            self.pruner = self.pruner_factory()
+
+    def regularize(self) -> None:
+        if self.pruner is None:
+            raise RuntimeError("SlimmingRegularizer: no pruner yet (start training with its hooks, or call build()).")
+        self.pruner.regularize(self.network, reg=self.reg)

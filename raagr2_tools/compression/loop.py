@@ -1,0 +1,295 @@
+"""The compression loop in plain PyTorch: score, prune, fine-tune, evaluate, record; no training framework.
+
+:class:`CompressionLoop` turns a network holding (or, for the ``snip*`` criteria, about to be scored at) its
+teacher's weights into a pruned network in its deployed form. What training and evaluation mean is supplied
+by :class:`LoopCallbacks`: the MONAI glue (:mod:`.step`) passes the bundle's trainer and evaluators, a test or
+script passes a plain PyTorch loop. One run:
+
+1. loads the teacher's weights into the network (not for ``snip``/``snip_structured``, which score the freshly
+   initialised network) and evaluates the teacher;
+2. per step of the schedule (:mod:`.schedule`): sparse training first for ``slimming``, scoring with the
+   criterion (:mod:`.criteria`) on :class:`.engine.StructuredPruner`, then fine-tuning; or, for ``snip``,
+   unstructured masks at initialisation (:mod:`.snip`), then training with the masks enforced. The last pruned
+   state is evaluated before its fine-tuning;
+3. evaluates the fine-tuned network, merges the split grouped convs back (the deployed, faster form), checks
+   it in ONNX Runtime with the exporter that ships, and measures parameters, FLOPs and latency.
+
+Each finished step is saved by a :class:`.progress.ProgressStore`; a killed run started again with the same
+settings resumes after the last finished step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters, slice_latency_ms
+from custom_modules.networks.pruned.structure import merge_split_convs
+from raagr2_tools.shipping.onnx import onnx_parity
+
+from .criteria import SlimmingRegularizer, make_importance, network_device, pruner_class, scoring_mode
+from .engine import PruningCheckError, StructuredPruner
+from .hooks import TrainingHooks
+from .progress import ProgressStore
+from .schedule import LAYER_GROUPS, make_schedule
+from .settings import FineTuneSettings, PruningSettings
+from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
+
+__all__ = ["LoopCallbacks", "CompressionOutcome", "CompressionLoop"]
+
+logger = logging.getLogger(__name__)
+
+#: ``evaluate`` result: ``{"cases": [per-case rows], "dice": {region: mean}, "hd95": {region: mean}}``
+Evaluation = dict[str, Any]
+
+
+@dataclass
+class LoopCallbacks:
+    """What the loop needs from the world around it.
+
+    Attributes:
+        scoring_batches: ``count -> [batch, ...]``, training batches ``{"image": (B, C, H, W), "label":
+            (B, 3, H, W)}`` on the network's device, for data-driven criteria.
+        finetune: ``(epochs, hooks) -> None``; trains the network in place for ``epochs`` (nothing for 0), with
+            its optimizer pointed at the current parameters, calling ``hooks`` (:class:`.hooks.TrainingHooks`).
+        evaluate: ``(which, stage) -> Evaluation`` with ``which`` ``"teacher"`` or ``"student"``; ``stage``
+            names the evaluation in logs.
+    """
+
+    scoring_batches: Callable[[int], list[dict[str, Tensor]]]
+    finetune: Callable[[int, TrainingHooks], None]
+    evaluate: Callable[[str, str], Evaluation]
+
+
+@dataclass
+class CompressionOutcome:
+    """The result of :meth:`CompressionLoop.run`.
+
+    Attributes:
+        record: the progress record (``steps``, ``history``, ``teacher_eval``, ``before_finetune``, ``snip``).
+        finetuned: evaluation of the fine-tuned network.
+        layers: channels kept per conv layer (before the merge of split convs).
+        history: Torch-Pruning's pruning history (``None`` for unstructured ``snip``).
+        masks: SNIP masks by parameter name (empty for structured criteria).
+        measurements: ``complexity``, ``latency_ms``, ``final_onnx_max_abs_diff``.
+    """
+
+    record: dict[str, Any]
+    finetuned: Evaluation
+    layers: list[dict[str, Any]]
+    history: list[Any] | None
+    masks: dict[str, Tensor] = field(default_factory=dict)
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+
+class CompressionLoop:
+    """Prune ``network`` in place under ``pruning`` and ``finetune`` settings (see the module docstring).
+
+    Args:
+        network: the network to compress (unpruned, same architecture as ``teacher``).
+        teacher: the frozen teacher (its weights are copied into ``network`` unless the criterion scores at init).
+        task_loss: ``(logits, label) -> scalar``, used to score (``taylor``, ``lrp``, ``snip*``).
+        pruning: :class:`.settings.PruningSettings`.
+        finetune: :class:`.settings.FineTuneSettings`.
+        callbacks: :class:`LoopCallbacks`.
+        store: resume store; ``None``: no resume.
+        final_onnx_exporter: exporter of the final parity check (``"dynamo"``: the graph that ships; ``None``:
+            no final check). Runs only with ``pruning.onnx_check``.
+        measure_latency: time teacher and pruned network on one example slice.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        teacher: nn.Module,
+        task_loss: Callable[[Tensor, Tensor], Tensor],
+        pruning: PruningSettings,
+        finetune: FineTuneSettings,
+        callbacks: LoopCallbacks,
+        store: ProgressStore | None = None,
+        final_onnx_exporter: str | None = "dynamo",
+        measure_latency: bool = True,
+    ) -> None:
+        self.network = network
+        self.teacher = teacher
+        self.task_loss = task_loss
+        self.pruning = pruning
+        self.finetune_settings = finetune
+        self.callbacks = callbacks
+        self.store = store
+        self.final_onnx_exporter = final_onnx_exporter
+        self.measure_latency = measure_latency
+        self.criterion = pruning.criterion
+
+    # ------------------------------------------------------------------------------------------------------
+    def run(self) -> CompressionOutcome:
+        """Compress; returns the outcome with ``network`` pruned, fine-tuned and in its deployed form."""
+        device = network_device(self.network)
+        if not self.criterion.from_init:
+            self.network.load_state_dict(self.teacher.state_dict())
+        loaded = self.store.load(device) if self.store is not None else None
+        record = loaded[0] if loaded else (self.store.new() if self.store else {"done": 0, "steps": [], "history": []})
+        if "teacher_eval" not in record:
+            record["teacher_eval"] = self.callbacks.evaluate("teacher", "teacher")
+        pruner = StructuredPruner(
+            self.network,
+            self.pruning.example_shape,
+            allocation=self.pruning.resolved_allocation if self.criterion.structured else "uniform",
+            max_layer_ratio=self.pruning.max_layer_ratio,
+            round_to=self.pruning.round_to,
+            onnx_check=self.pruning.onnx_check,
+        )
+        masks: dict[str, Tensor] = {}
+        if loaded and record["done"]:
+            pruner.replay(record["history"])
+            self.network.load_state_dict(loaded[1])
+            masks = {k: v.to(device) for k, v in loaded[2].items()}
+            logger.info(f"resuming after step {record['done']} from {self.store.work_dir}")
+        if self.criterion.structured:
+            self._prune_structured(pruner, record)
+        else:
+            masks = self._prune_snip(pruner, record, masks)
+        finetuned = self.callbacks.evaluate("student", "after fine-tuning")
+        outcome = CompressionOutcome(
+            record=record,
+            finetuned=finetuned,
+            layers=pruner.layer_channels(),
+            history=list(pruner.history) if self.criterion.structured else None,
+            masks=masks,
+        )
+        merge_split_convs(self.network)  # the deployed form: one grouped conv is faster than its split slots
+        outcome.measurements = self._measure(pruner)
+        return outcome
+
+    def _save(self, record: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> None:
+        if self.store is not None:
+            self.store.save(record, self.network, masks)
+
+    def _finetune(self, epochs: int, hooks: TrainingHooks | None = None) -> None:
+        if epochs > 0:
+            self.callbacks.finetune(int(epochs), hooks or TrainingHooks())
+
+    # ------------------------------------------------------------------------------------------------------
+    def _prune_structured(self, pruner: StructuredPruner, record: dict[str, Any]) -> None:
+        p, criterion = self.pruning, self.criterion
+        steps = make_schedule(p.schedule, p.ratio, p.iterative_steps)
+        importance_class = pruner_class(criterion)
+        for i, step in enumerate(steps):
+            if i < record["done"]:
+                continue
+            last = i == len(steps) - 1
+            if criterion.sparse_training:
+                regularizer = SlimmingRegularizer(
+                    lambda: pruner.make_pruner(make_importance(criterion, self.network), pruner_class=importance_class),
+                    self.network,
+                    reg=p.slimming_reg,
+                )
+                self._finetune(self.finetune_settings.resolved_sparse_epochs, regularizer.hooks())
+            batches = []
+            if criterion.needs_batches:
+                batches = self.callbacks.scoring_batches(1 if criterion.from_init else p.scoring_batches)
+                if not batches:
+                    raise ValueError("the training data gave no batch to score the network with")
+            importance = make_importance(criterion, self.network, batches, self.task_loss)
+            with scoring_mode(self.network):
+                step_record = pruner.step(importance, step, pruner_class=importance_class)
+            self.network.zero_grad(set_to_none=True)
+            record["steps"].append(step_record)
+            record["history"] = pruner.history
+            # from-init methods prune every step at initialisation and train once at the end (as SNIP does)
+            if last:
+                record["before_finetune"] = self.callbacks.evaluate("student", "pruned, before fine-tuning")
+            if last or not criterion.from_init:
+                self._finetune(self.finetune_settings.epochs)
+            record["done"] = i + 1
+            self._save(record)
+
+    def _prune_snip(self, pruner: StructuredPruner, record: dict[str, Any], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Unstructured SNIP at initialisation: masks from one batch (``oneshot``), FORCE-style re-scoring
+        (``iterative``) or one layer group at a time (``layerwise``); then training with masks enforced."""
+        p = self.pruning
+        if record["done"] == 0:
+            batches = self.callbacks.scoring_batches(1)
+            if not batches:
+                raise ValueError("the training data gave no batch to score the network with")
+            batch = batches[0]
+            head = [pruner.network.get_submodule(n) for n in pruner.never_prune]
+            allocation = p.resolved_allocation
+            with scoring_mode(self.network, batch_stats=True):
+                if p.schedule == "oneshot":
+                    masks = snip_masks(snip_saliency(self.network, batch, self.task_loss, exclude=head), p.ratio, allocation)
+                elif p.schedule == "iterative":
+                    masks = iterative_snip_masks(
+                        self.network, batch, self.task_loss, p.ratio, p.iterative_steps, exclude=head, allocation=allocation
+                    )
+                else:
+                    masks = {}
+                    for group in LAYER_GROUPS.values():
+                        outside = head + [m for n, m in self.network.named_children() if n not in group]
+                        apply_masks(self.network, masks)
+                        saliency = snip_saliency(self.network, batch, self.task_loss, exclude=outside)
+                        masks.update(snip_masks(saliency, p.ratio, allocation))
+            apply_masks(self.network, masks)
+            masked = sum(int((~m).sum()) for m in masks.values())
+            record["snip"] = {
+                "sparsity": p.ratio,
+                "masked_weights": masked,
+                "scored_weights": sum(m.numel() for m in masks.values()),
+                "zeros_before_finetune": count_masked_zeros(self.network, masks),
+            }
+            record["steps"] = [
+                {"step": 1, "target_ratio": p.ratio, "layers": "all", "params": count_parameters(self.network),
+                 "masked_weights": masked}
+            ]
+            record["before_finetune"] = self.callbacks.evaluate("student", "masked at initialisation, before training")
+            record["done"] = 1
+            self._save(record, masks)
+        if record["done"] == 1:
+            self._finetune(self.finetune_settings.epochs, MaskEnforcer(self.network, masks).hooks())
+            record["snip"]["zeros_after_finetune"] = count_masked_zeros(self.network, masks)
+            record["done"] = 2
+            self._save(record, masks)
+        return masks
+
+    # ------------------------------------------------------------------------------------------------------
+    def _measure(self, pruner: StructuredPruner) -> dict[str, Any]:
+        """Complexity of teacher and deployed pruned network, the final ONNX check, latency (same process)."""
+        device = network_device(self.network)
+        final = {
+            "params": count_parameters(self.network),
+            "flops": count_flops(self.network, self.pruning.example_shape, device=device),
+        }
+        nonzero = {
+            name: sum(int(torch.count_nonzero(p)) for p in net.parameters())
+            for name, net in (("teacher", self.teacher), ("pruned", self.network))
+        }
+        out: dict[str, Any] = {
+            "flop_counter": f"{FLOP_COUNTER} (FLOPs = 2 x MACs)",
+            "complexity": {
+                "teacher": {"params": pruner.teacher_params, "nonzero_params": nonzero["teacher"], "flops": pruner.teacher_flops},
+                "pruned": {"params": final["params"], "nonzero_params": nonzero["pruned"], "flops": final["flops"]},
+            },
+        }
+        if self.pruning.onnx_check and self.final_onnx_exporter:
+            check_shape = (1, self.pruning.in_channels, 64, 64)
+            try:
+                diff = onnx_parity(self.network.to("cpu"), check_shape, exporter=self.final_onnx_exporter)
+            except Exception as e:
+                raise PruningCheckError(f"the final (deployed) pruned network failed its ONNX check: {e}") from e
+            finally:
+                self.network.to(device)
+            out["final_onnx_check"] = {"exporter": self.final_onnx_exporter, "input_shape": list(check_shape), "max_abs_diff": diff}
+        if self.measure_latency:
+            shape = self.pruning.example_shape
+            out["latency_ms"] = {
+                "teacher": slice_latency_ms(self.teacher, shape, device=device),
+                "pruned": slice_latency_ms(self.network, shape, device=device),
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+            }
+        return out

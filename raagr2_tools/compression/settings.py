@@ -1,0 +1,122 @@
+"""The settings of a compression run, in three small groups: pruning, fine-tuning, reporting.
+
+``bundles/raagr2_pruned/configs/compress.json`` builds each group from its top-level keys (``method``,
+``ratio``, ``epochs``, ...), so users override the same keys as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .criteria import Criterion, get_criterion
+from .engine import ALLOCATIONS
+from .schedule import make_schedule
+
+__all__ = ["PruningSettings", "FineTuneSettings", "ReportSettings"]
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """What is removed and how.
+
+    Attributes:
+        method: a criterion of :data:`raagr2_tools.compression.criteria.METHODS`.
+        ratio: channel fraction removed from every pruned layer (structured), or weight sparsity (``snip``).
+        schedule: ``oneshot``, ``iterative`` or ``layerwise``.
+        iterative_steps: steps of the ``iterative`` schedule.
+        allocation: ``uniform`` or ``global``; ``None``: the criterion's default.
+        max_layer_ratio: per-layer cap of the global allocation.
+        round_to: keep channel counts multiples of this (``None``: any count).
+        scoring_batches: training batches scored by data-driven criteria (``taylor``, ``lrp``).
+        slimming_reg: L1 coefficient on BN gamma during slimming's sparse training.
+        onnx_check: ONNX Runtime parity after every step and of the final network.
+        example_size: slice size ``[H, W]`` of the forward check and the FLOP count.
+        in_channels: input channels of the network.
+    """
+
+    method: str
+    ratio: float
+    schedule: str = "oneshot"
+    iterative_steps: int = 3
+    allocation: str | None = None
+    max_layer_ratio: float = 0.8
+    round_to: int | None = None
+    scoring_batches: int = 2
+    slimming_reg: float = 1e-4
+    onnx_check: bool = True
+    example_size: Sequence[int] = (192, 192)
+    in_channels: int = 4
+
+    def __post_init__(self) -> None:
+        get_criterion(self.method)
+        make_schedule(self.schedule, float(self.ratio), int(self.iterative_steps))  # validates schedule and ratio
+        if self.allocation is not None and self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS} or null, got {self.allocation!r}")
+        object.__setattr__(self, "ratio", float(self.ratio))
+        object.__setattr__(self, "round_to", int(self.round_to) if self.round_to else None)
+        object.__setattr__(self, "example_size", tuple(int(s) for s in self.example_size))
+
+    @property
+    def criterion(self) -> Criterion:
+        return get_criterion(self.method)
+
+    @property
+    def resolved_allocation(self) -> str:
+        """``allocation``, or the criterion's default when it is ``None``."""
+        return self.allocation or self.criterion.default_allocation
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """``(1, in_channels, H, W)``: the input of the forward check and the FLOP count."""
+        return (1, int(self.in_channels), *self.example_size)
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """How the pruned network is trained after each step.
+
+    Attributes:
+        epochs: fine-tuning epochs after each step (0: none).
+        sparse_epochs: sparse-training epochs before each slimming step (``None``: ``epochs``).
+        distillation: the trainer's loss distils from the teacher (recorded; compress.json builds the loss).
+        kd_alpha, kd_temperature, kd_feature_weight: distillation weights (see ``KnowledgeDistillationLoss``).
+    """
+
+    epochs: int = 1
+    sparse_epochs: int | None = None
+    distillation: bool = True
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
+    kd_feature_weight: float = 0.0
+
+    @property
+    def resolved_sparse_epochs(self) -> int:
+        return int(self.epochs if self.sparse_epochs is None else self.sparse_epochs)
+
+    def record(self) -> dict[str, Any]:
+        """The report's ``finetune`` entry."""
+        return {
+            "epochs_per_step": int(self.epochs),
+            "distillation": bool(self.distillation),
+            "alpha": float(self.kd_alpha),
+            "temperature": float(self.kd_temperature),
+            "feature_weight": float(self.kd_feature_weight),
+        }
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the compression report measures.
+
+    Attributes:
+        eval_split: name of the datalist split the evaluators score (recorded).
+        measure_latency: time teacher and pruned network on one example slice (same process).
+        dice_metric, hd95_metric: names of the per-case region metrics in the evaluators.
+    """
+
+    eval_split: str = "test"
+    measure_latency: bool = True
+    dice_metric: str = "report_dice"
+    hd95_metric: str = "report_hd95"

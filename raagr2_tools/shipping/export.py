@@ -1,0 +1,273 @@
+"""Export a bundle's trained network for deployment and check every artefact against PyTorch on real slices.
+
+``python -m monai.bundle run export --config_file <bundle>/configs/export.json --bundle_root <bundle>`` runs
+:class:`BundleExporter`, which writes into ``<bundle>/models/``:
+
+- ``model.ts``: ``monai.bundle ckpt_export`` with ``configs/inference.json`` and the metadata embedded (MONAI Deploy);
+- ``model.onnx``: one file, input ``image`` / output ``pred`` with dynamic batch, height and width, bundle metadata
+  in ``metadata_props``;
+- ``model_int8.onnx``: static QDQ INT8, per-channel weights, calibrated on real slices, head kept in float;
+- ``model_fp16.onnx``: FP16 inside, FP32 I/O, for the CUDA/TensorRT execution providers;
+- ``export_report.{json,md}``: FP32 parity (max |difference| on real slices, must be <= ``fp32_atol``) and, for
+  INT8 and FP16, the per-case WT/TC/ET Dice against the labels next to PyTorch FP32's, with the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+
+from custom_modules.constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
+from custom_modules.files import write_text_atomic
+from custom_modules.inference import BrainSliceInferer, OnnxRuntimeNetwork
+from raagr2_tools.authoring.config import bundle_network, bundle_parser
+from raagr2_tools.reports.tables import markdown_table
+
+from .cases import load_cases, pad_to_multiple, sample_slices
+from .fp16 import convert_fp16
+from .onnx import export_onnx
+from .quantize import quantize_int8
+
+__all__ = ["FORMATS", "FILES", "ExportParityError", "BundleExporter", "onnx_metadata"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "onnx", "onnx_int8", "onnx_fp16")
+FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "onnx_fp16": "model_fp16.onnx"}
+
+
+class ExportParityError(RuntimeError):
+    """An FP32 export differs from PyTorch by more than the tolerance; the message names the file."""
+
+
+def onnx_metadata(bundle_root: Path) -> dict[str, str]:
+    """``metadata_props`` for the ONNX files: bundle name and version, channel order, normalisation, output."""
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    norm = [t for t in bundle_parser(bundle_root).get("preprocessing", {}).get("transforms", [])
+            if str(t.get("_target_", "")).endswith("NormalizeIntensityd")]
+    norm_text = (
+        "z-score per channel over the brain (nonzero) voxels of the whole volume "
+        f"(monai NormalizeIntensityd nonzero={norm[0].get('nonzero')}, channel_wise={norm[0].get('channel_wise')}); "
+        "background stays 0" if norm else "none"
+    )
+    return {
+        "bundle": bundle_root.resolve().name,
+        "bundle_name": meta.get("name", ""),
+        "bundle_version": meta.get("version", ""),
+        "input": f"image: float32 (batch, {image['num_channels']}, H, W), H and W multiples of 16",
+        "channel_order": ",".join(image["channel_def"][str(i)] for i in range(len(image["channel_def"]))),
+        "normalisation": norm_text,
+        "output": f"pred: float32 (batch, {pred['num_channels']}, H, W) {pred['format']} of "
+        + ",".join(pred["channel_def"][str(i)] for i in range(len(pred["channel_def"]))),
+        "output_meaning": meta.get("pred_classes", ""),
+        "precision": "float32",
+    }
+
+
+def _dice(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+    """Per-region Dice of (3, H, W, D) binary maps; empty vs empty = 1."""
+    values = compute_dice(pred[None].float(), label[None].float(), include_background=True, ignore_empty=False)[0]
+    return {f"{r}_dice": float(v) for r, v in zip(REGION_CHANNELS, values)}
+
+
+class BundleExporter:
+    """Write and check the deployment artefacts of the bundle at ``bundle_root`` (see the module docstring).
+
+    Args:
+        bundle_root: the bundle folder; needs ``configs/{inference,metadata}.json`` and ``models/model.pt``.
+        dataset_dir, data_list_file_path: the real cases (MONAI datalist) for calibration and checks.
+        formats: subset of :data:`FORMATS`; ``onnx_int8``/``onnx_fp16`` need ``onnx``.
+        calibration_split: datalist list whose slices calibrate INT8 (``calibration_slices`` of them,
+            ``tumour_fraction`` holding tumour).
+        eval_split, eval_cases: the cases on which parity slices are taken and INT8/FP16 Dice is measured.
+        parity_slices: real slices for the FP32 parity check (``fp32_atol``: largest allowed |difference|).
+        opset: ONNX opset (>= 17).
+    """
+
+    def __init__(
+        self,
+        bundle_root: str | Path,
+        dataset_dir: str | Path,
+        data_list_file_path: str | Path,
+        formats: Sequence[str] = FORMATS,
+        calibration_split: str = "training",
+        calibration_slices: int = 64,
+        tumour_fraction: float = 0.5,
+        eval_split: str = "test",
+        eval_cases: int = 4,
+        parity_slices: int = 8,
+        fp32_atol: float = 1e-4,
+        opset: int = 18,
+    ) -> None:
+        unknown = sorted(set(formats) - set(FORMATS))
+        if unknown:
+            raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
+        if ("onnx_int8" in formats or "onnx_fp16" in formats) and "onnx" not in formats:
+            raise ValueError("onnx_int8 and onnx_fp16 are made from model.onnx: add 'onnx' to formats")
+        if opset < 17:
+            raise ValueError(f"opset must be >= 17, got {opset}")
+        self.bundle_root = Path(bundle_root)
+        self.models = self.bundle_root / "models"
+        self.dataset_dir, self.data_list_file_path = dataset_dir, data_list_file_path
+        self.formats = [f for f in FORMATS if f in formats]
+        self.calibration_split, self.calibration_slices = calibration_split, calibration_slices
+        self.tumour_fraction = tumour_fraction
+        self.eval_split, self.eval_cases, self.parity_slices = eval_split, eval_cases, parity_slices
+        self.fp32_atol, self.opset = fp32_atol, opset
+
+    # ------------------------------------------------------------------------------------------------------
+    def network(self) -> torch.nn.Module:
+        """``network_def`` of ``configs/inference.json`` with ``models/model.pt`` loaded (``weights_only``), eval."""
+        ckpt = self.models / "model.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{ckpt} not found: train the bundle first (python -m monai.bundle run training ...)")
+        net = bundle_network(self.bundle_root)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{ckpt} does not fit the network_def of {self.bundle_root}/configs/inference.json: {e}") from None
+        return net.eval()
+
+    def _torchscript(self, tmp: Path) -> Path:
+        from monai.bundle import ckpt_export
+
+        configs = self.bundle_root / "configs"
+        target = tmp / FILES["torchscript"]
+        ckpt_export(net_id="network_def", filepath=str(target), ckpt_file=str(self.models / "model.pt"),
+                    meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+                    bundle_root=str(self.bundle_root))
+        return target
+
+    @staticmethod
+    def _max_abs_diff(reference: torch.nn.Module, candidate: torch.nn.Module, batch: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((candidate(batch) - reference(batch)).abs().max())
+
+    def _segment(self, net: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """(C, H, W, D) -> (3, H, W, D) bool, skipping empty slices and cropping to the brain (same for all)."""
+        inferer = BrainSliceInferer(roi_size=image.shape[1:3], sw_batch_size=8, skip_empty_slices=True, crop_to_brain=True)
+        with torch.no_grad():
+            return torch.sigmoid(inferer(image[None], net)[0]) > 0.5
+
+    # ------------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Write every format in ``formats`` and the report; returns the report.
+
+        Raises:
+            ExportParityError: an FP32 export differs from PyTorch by more than ``fp32_atol`` on real slices.
+        """
+        start = time.perf_counter()
+        net = self.network()
+        eval_cases = list(load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.eval_split, self.eval_cases))
+        slices, where = sample_slices(eval_cases, self.parity_slices, self.tumour_fraction)
+        batch = torch.from_numpy(pad_to_multiple(np.stack(slices)))
+        report: dict[str, Any] = {"bundle": self.bundle_root.resolve().name, "formats": {}, "fp32_atol": self.fp32_atol,
+                                  "parity_slices": where, "parity_input_shape": list(batch.shape)}
+        self.models.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.models, prefix=".tmp_export_") as tmp_name:
+            tmp = Path(tmp_name)
+            if "torchscript" in self.formats:
+                logger.info("exporting TorchScript (monai.bundle ckpt_export)")
+                ts_path = self._torchscript(tmp)
+                diff = self._max_abs_diff(net, torch.jit.load(str(ts_path), map_location="cpu").eval(), batch)
+                self._accept("torchscript", ts_path, diff, report)
+            if "onnx" in self.formats:
+                logger.info("exporting ONNX (dynamo, opset %d)", self.opset)
+                onnx_path = export_onnx(net, tmp / FILES["onnx"], (1, batch.shape[1], 64, 64), self.opset,
+                                        onnx_metadata(self.bundle_root))
+                diff = self._max_abs_diff(net, OnnxRuntimeNetwork(onnx_path, providers=["CPUExecutionProvider"]), batch)
+                self._accept("onnx", onnx_path, diff, report)
+            if "onnx_int8" in self.formats:
+                logger.info("quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split)
+                calibration = load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split)
+                cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
+                done = quantize_int8(self.models / FILES["onnx"], self.models / FILES["onnx_int8"], cal_slices)
+                report["formats"]["onnx_int8"] = {"file": FILES["onnx_int8"], **done, "calibration_split": self.calibration_split,
+                                                  "calibration_tumour_slices": sum(r["tumour"] for r in cal_where)}
+            if "onnx_fp16" in self.formats:
+                logger.info("converting to FP16")
+                done = convert_fp16(self.models / FILES["onnx"], self.models / FILES["onnx_fp16"])
+                report["formats"]["onnx_fp16"] = {"file": FILES["onnx_fp16"], **done}
+        for name, entry in report["formats"].items():
+            entry["size_mib"] = round((self.models / entry["file"]).stat().st_size / 2**20, 3)
+        report["dice"] = self._region_dice(net, eval_cases)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(self.models / "export_report.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(self.models / "export_report.md", render_export_markdown(report))
+        print(render_export_markdown(report), flush=True)
+        return report
+
+    def _accept(self, fmt: str, staged: Path, diff: float, report: dict[str, Any]) -> None:
+        """Move a checked FP32 artefact into ``models/``, or raise when it differs from PyTorch."""
+        target = self.models / FILES[fmt]
+        if not diff <= self.fp32_atol:
+            raise ExportParityError(f"{target}: max |{fmt} - PyTorch| = {diff:.3g} on real slices exceeds {self.fp32_atol:g}")
+        os.replace(staged, target)
+        report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff": diff, "parity": "ok"}
+
+    def _region_dice(self, net: torch.nn.Module, cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Per-case region Dice of PyTorch FP32 and of each reduced-precision ONNX model, and the differences."""
+        reduced = [f for f in ("onnx_int8", "onnx_fp16") if f in self.formats]
+        if not reduced or not cases:
+            return {}
+        backends = {"torch_fp32": net, **{f: OnnxRuntimeNetwork(self.models / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced}}
+        rows = []
+        for case in cases:
+            preds = {name: self._segment(model, case["image"]) for name, model in backends.items()}
+            row: dict[str, Any] = {"case_id": case["case_id"]}
+            for name, pred in preds.items():
+                agreement = _dice(pred, preds["torch_fp32"])
+                row[name] = {**(_dice(pred, case["label"]) if case["label"] is not None else {}),
+                             **{f"{k}_vs_fp32": v for k, v in agreement.items()}}
+            rows.append(row)
+        summary = {}
+        for name in reduced:
+            summary[name] = {}
+            for region in REGION_CHANNELS:
+                key = f"{region}_dice"
+                if all(key in r[name] for r in rows):
+                    summary[name][f"{key}_delta"] = float(np.mean([r[name][key] - r["torch_fp32"][key] for r in rows]))
+                summary[name][f"{key}_vs_fp32"] = float(np.mean([r[name][f"{key}_vs_fp32"] for r in rows]))
+        return {"split": self.eval_split, "inference": "axial slices, empty slices skipped, cropped to the brain",
+                "cases": rows, "mean": summary}
+
+
+def render_export_markdown(report: dict[str, Any]) -> str:
+    """The export report as Markdown: one row per artefact, then the reduced-precision Dice table."""
+    lines = [f"# Export report: {report['bundle']}", "",
+             f"FP32 parity on {len(report['parity_slices'])} real slices (input {report['parity_input_shape']}), "
+             f"tolerance {report['fp32_atol']:g}.", ""]
+    artefacts = []
+    for name, entry in report["formats"].items():
+        check = (f"max abs diff {entry['max_abs_diff']:.2e} vs PyTorch" if "max_abs_diff" in entry else
+                 f"calibrated on {entry['calibration_slices']} real slices ({entry['calibration_tumour_slices']} with tumour), "
+                 f"float nodes: {len(entry['float_nodes'])}" if name == "onnx_int8" else "FP16 inside, FP32 I/O")
+        artefacts.append([name, f"`{entry['file']}`", f"{entry['size_mib']:.2f}", check])
+    lines.append(markdown_table(["artefact", "file", "size (MiB)", "check"], artefacts).rstrip("\n"))
+    dice = report.get("dice") or {}
+    if dice:
+        lines += ["", f"Region Dice on the `{dice['split']}` cases ({dice['inference']}); delta = format - PyTorch FP32, "
+                  "in Dice points x100; agreement = Dice of the format's mask against PyTorch FP32's.", ""]
+        regions = [r.upper() for r in REGION_DISPLAY_ORDER]
+        header = ["format"] + [f"{r} delta" for r in regions] + [f"{r} agreement" for r in regions]
+        table = []
+        for name, mean in dice["mean"].items():
+            deltas = [f"{100 * mean[f'{r}_dice_delta']:+.2f}" if f"{r}_dice_delta" in mean else "n/a"
+                      for r in REGION_DISPLAY_ORDER]
+            agree = [f"{mean[f'{r}_dice_vs_fp32']:.4f}" for r in REGION_DISPLAY_ORDER]
+            table.append([name, *deltas, *agree])
+        lines.append(markdown_table(header, table).rstrip("\n"))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,380 @@
+"""Package a bundle as one self-contained zip: configs, models, docs, and the custom code it needs as ``scripts/``.
+
+The zip holds a folder ``<name>/`` (``<name>`` = the bundle folder's name) laid out like a model-zoo bundle::
+
+    <name>/LICENSE  configs/*.json, logging.conf  docs/  models/model.pt (+ .ts, .onnx, export report)
+    <name>/scripts/  the modules of this repository's package that the configs import, renamed ``scripts``
+
+Unzipped anywhere, ``python -m monai.bundle run --config_file <name>/configs/inference.json ...`` works on a
+machine with only the requirements installed: ``ConfigWorkflow.run()`` puts the bundle folder on ``sys.path``
+before the ``run`` expressions instantiate ``scripts.*`` components, and ``bundle_root`` is the component
+``{"_target_": "scripts.bundle_root"}``, which returns the unzipped folder wherever it is. Before the zip is
+written, a child process that cannot import this repository imports every ``scripts.*`` name the configs use.
+
+Run with ``python -m monai.bundle run package --config_file <bundle>/configs/export.json --bundle_root <bundle>
+--output_dir DIR`` or ``python -m raagr2_tools.shipping.package <bundle> --output_dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BundlePackager", "PackagingError", "SCRIPTS", "MODEL_FILES", "referenced_names", "rewrite_text"]
+
+#: this repository's importable package (derived, so that the text rewrite below leaves this line alone)
+PACKAGE = (__package__ or __name__).split(".")[0]
+#: the custom-code package of a packaged bundle (the model-zoo convention)
+SCRIPTS = "scripts"
+#: the files of ``models/`` that a packaged bundle carries (``model.pt`` is required)
+MODEL_FILES = (
+    "model.pt",
+    "model.ts",
+    "model.onnx",
+    "model_int8.onnx",
+    "model_fp16.onnx",
+    "export_report.json",
+    "export_report.md",
+)
+#: top-level packages of this repository that a packaged bundle must never import
+REPO_PACKAGES = (PACKAGE, "data_prep", "benchmarks")
+
+_PACKAGE_WORD = re.compile(rf"\b{PACKAGE}\b")
+_SCRIPTS_WORD = re.compile(rf"\b{SCRIPTS}\b")
+_BUNDLE_ROOT = {"_target_": f"{SCRIPTS}.bundle_root"}
+_PACKAGE_ONLY_REQUIREMENTS = ("raagr2-slim",)
+
+_BUNDLE_ROOT_FUNCTION = '''
+
+def bundle_root() -> str:
+    """The bundle folder holding this ``scripts`` package, as an absolute path (``"bundle_root"`` of the configs)."""
+    import os
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+'''
+
+#: child-process helper: import a dotted name (longest importable module prefix, then attributes)
+_RESOLVE = r'''
+import importlib, sys
+
+def resolve(name):
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+                continue
+            raise
+        for attr in parts[i:]:
+            try:
+                obj = getattr(obj, attr)
+            except AttributeError:
+                raise ImportError(f"{name!r}: module {module_name!r} has no attribute path {'.'.join(parts[i:])!r}") from None
+        return obj
+    raise ImportError(f"{name!r}: no importable module prefix")
+'''
+
+#: child process: import the names, follow the package's in-function imports, write {module: file} as JSON
+_COLLECT = (
+    _RESOLVE
+    + r'''
+import json, re
+package, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in names:
+    resolve(name)
+import_line = re.compile(rf"^\s*(?:from\s+({package}(?:\.\w+)*)\s+import\s+(\([^)]*\)|[^\n#]+)|import\s+({package}(?:\.\w+)*))", re.M)
+scanned = set()
+while True:
+    todo = [m for m in list(sys.modules) if (m == package or m.startswith(package + ".")) and m not in scanned]
+    if not todo:
+        break
+    for module_name in todo:
+        scanned.add(module_name)
+        path = getattr(sys.modules[module_name], "__file__", None)
+        if not path:
+            continue
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        for source_module, imported, plain in import_line.findall(source):
+            if plain:
+                resolve(plain)
+                continue
+            resolve(source_module)
+            for item in re.split(r"[\s,()]+", imported):
+                if item and item != "as" and not item.startswith("_"):
+                    try:
+                        importlib.import_module(f"{source_module}.{item}")
+                    except ImportError:
+                        pass  # an attribute, not a submodule
+files = {m: getattr(mod, "__file__", None) for m, mod in sys.modules.items() if m == package or m.startswith(package + ".")}
+with open(out, "w", encoding="utf-8") as f:
+    json.dump(files, f)
+'''
+)
+
+#: child process, started in an empty folder with no PYTHONPATH: block the repository's packages, drop the
+#: repository from sys.path, put the staged bundle first, import every ``scripts.*`` name, check bundle_root()
+_SELF_CHECK = (
+    _RESOLVE
+    + r'''
+import os
+bundle, blocked, names = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+attempts = []
+
+class _Blocker:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in blocked:
+            attempts.append(fullname)
+            raise ImportError(f"{fullname} imported by the packaged bundle: it must only use its scripts/ copy")
+        return None
+
+sys.meta_path.insert(0, _Blocker())
+sys.path[:] = [p for p in sys.path if p and not any(os.path.isdir(os.path.join(p, b)) for b in blocked)]
+sys.path.insert(0, bundle)
+for name in names:
+    resolve(name)
+import scripts
+if os.path.realpath(scripts.bundle_root()) != os.path.realpath(bundle):
+    raise RuntimeError(f"scripts.bundle_root() returned {scripts.bundle_root()!r}, expected {bundle!r}")
+if attempts:
+    raise RuntimeError(f"the packaged code tried to import {sorted(set(attempts))}")
+'''
+)
+
+
+class PackagingError(ValueError):
+    """A bundle cannot be packaged; the message names the file and the problem."""
+
+
+def rewrite_text(text: str) -> str:
+    """``text`` with the package name replaced by ``scripts`` (whole words only)."""
+    return _PACKAGE_WORD.sub(SCRIPTS, text)
+
+
+def referenced_names(texts: Iterable[str], package: str = PACKAGE) -> list[str]:
+    """Sorted dotted names ``<package>.a.b`` (at least one dot) found in ``texts``."""
+    pattern = re.compile(rf"\b{re.escape(package)}(?:\.\w+)+")
+    return sorted({match for text in texts for match in pattern.findall(text)})
+
+
+def _dump(content: Any) -> str:
+    return json.dumps(content, indent=4, ensure_ascii=False) + "\n"
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _run_child(code: str, args: Sequence[str], cwd: str | Path, what: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env or _child_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise PackagingError(f"{what} failed (exit {result.returncode}):\n{tail}")
+
+
+class BundlePackager:
+    """Write ``<output_dir>/<name>.zip``, a bundle that runs without this repository installed.
+
+    Args:
+        bundle_root: the bundle folder (``configs/``, ``models/model.pt``, ``LICENSE``, ``docs/``).
+        output_dir: where the zip goes (created if needed).
+    """
+
+    def __init__(self, bundle_root: str | Path, output_dir: str | Path) -> None:
+        self.bundle_root = Path(bundle_root).resolve()
+        self.output_dir = Path(output_dir)
+        self.name = self.bundle_root.name
+        #: the folder that holds this repository's package (put on the collecting child's path)
+        self.package_dir = Path(sys.modules[PACKAGE].__file__).resolve().parent
+
+    def run(self) -> Path:
+        """Stage, self-check and zip the bundle; returns the zip's path."""
+        self._check_layout()
+        configs = self._rewritten_configs()
+        modules = self._collect_modules()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"package_{self.name}_") as tmp:
+            staged = Path(tmp) / self.name
+            self._stage(staged, configs, modules)
+            self._self_check(staged, configs)
+            return self._zip(staged)
+
+    # --- checks and rewriting -------------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        root = self.bundle_root
+        if not (root / "configs").is_dir():
+            raise PackagingError(f"{root}/configs not found: {root} is not a bundle folder")
+        for required in ("models/model.pt", "LICENSE"):
+            if not (root / required).is_file():
+                raise PackagingError(f"{root / required} not found: a packaged bundle needs it (train or copy it first)")
+
+    def _rewritten_configs(self) -> dict[str, str]:
+        """``configs/<file>.json`` -> rewritten JSON text (``scripts`` names, ``bundle_root`` component)."""
+        configs: dict[str, str] = {}
+        for path in sorted((self.bundle_root / "configs").glob("*.json")):
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise PackagingError(f"{path} is not valid JSON: {e}") from None
+            content = self.rewrite_config(path.name, content)
+            for key in ("imports", "+imports"):
+                lines = content.get(key, []) if isinstance(content, dict) else []
+                bad = [line for line in lines if isinstance(line, str) and _SCRIPTS_WORD.search(line)]
+                if bad:
+                    raise PackagingError(
+                        f"{path}: '{key}' imports custom code {bad}; 'imports' run at initialize, before the bundle "
+                        f"folder is on sys.path, so a packaged bundle cannot import it there. Use a "
+                        f"'_target_' component instead (e.g. {{'_target_': '{PACKAGE}.data.load_datalist', ...}})."
+                    )
+            configs[path.name] = _dump(content)
+        if "inference.json" not in configs:
+            raise PackagingError(f"{self.bundle_root}/configs/inference.json not found: nothing to package for inference")
+        return configs
+
+    @staticmethod
+    def rewrite_config(name: str, content: Any) -> Any:
+        """One config's content with ``scripts`` names; a top-level ``bundle_root`` becomes ``scripts.bundle_root``.
+
+        ``metadata.json`` also loses the requirement on this repository's own distribution (its code is inside).
+        """
+        content = json.loads(rewrite_text(json.dumps(content, ensure_ascii=False)))
+        if not isinstance(content, dict):
+            return content
+        if "bundle_root" in content:
+            content["bundle_root"] = dict(_BUNDLE_ROOT)
+        if name == "metadata.json":
+            for key in ("required_packages_version", "optional_packages_version"):
+                if isinstance(content.get(key), dict):
+                    for package in _PACKAGE_ONLY_REQUIREMENTS:
+                        content[key].pop(package, None)
+        return content
+
+    def _collect_modules(self) -> dict[str, Path]:
+        """Module name -> file of every package module that importing the configs' names loads."""
+        texts = [p.read_text(encoding="utf-8") for p in sorted((self.bundle_root / "configs").glob("*.json"))]
+        names = referenced_names(texts)
+        with tempfile.TemporaryDirectory(prefix="package_collect_") as tmp:
+            out = Path(tmp) / "modules.json"
+            env = _child_env()
+            env["PYTHONPATH"] = str(self.package_dir.parent)
+            _run_child(_COLLECT, [PACKAGE, str(out), *names], tmp, f"importing the custom code of {self.bundle_root}/configs", env)
+            found = json.loads(out.read_text())
+        modules: dict[str, Path] = {}
+        for module, file in found.items():
+            if not file:
+                continue
+            path = Path(file).resolve()
+            if self.package_dir not in path.parents:
+                raise PackagingError(f"module {module} was imported from {path}, outside {self.package_dir}")
+            modules[module] = path
+        return modules
+
+    # --- staging --------------------------------------------------------------------------------------------
+    def _stage(self, staged: Path, configs: dict[str, str], modules: dict[str, Path]) -> None:
+        root = self.bundle_root
+        staged.mkdir(parents=True)
+        shutil.copy2(root / "LICENSE", staged / "LICENSE")
+        (staged / "configs").mkdir()
+        for name, text in configs.items():
+            (staged / "configs" / name).write_text(text, encoding="utf-8")
+        if (root / "configs" / "logging.conf").is_file():
+            shutil.copy2(root / "configs" / "logging.conf", staged / "configs" / "logging.conf")
+        if (root / "docs").is_dir():
+            shutil.copytree(root / "docs", staged / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+        (staged / "models").mkdir()
+        for name in MODEL_FILES:
+            if (root / "models" / name).is_file():
+                shutil.copy2(root / "models" / name, staged / "models" / name)
+        if (staged / "models" / "model.ts").is_file():
+            self._rewrite_torchscript(staged / "models" / "model.ts")
+        self._stage_scripts(staged / SCRIPTS, modules)
+
+    def _stage_scripts(self, scripts: Path, modules: dict[str, Path]) -> None:
+        for path in sorted(set(modules.values())):
+            relative = path.relative_to(self.package_dir)
+            if relative == Path("__init__.py"):
+                continue
+            target = scripts / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(rewrite_text(path.read_text(encoding="utf-8")), encoding="utf-8")
+        scripts.mkdir(parents=True, exist_ok=True)
+        init = rewrite_text((self.package_dir / "__init__.py").read_text(encoding="utf-8"))
+        (scripts / "__init__.py").write_text(init.rstrip("\n") + "\n" + _BUNDLE_ROOT_FUNCTION, encoding="utf-8")
+
+    def _rewrite_torchscript(self, path: Path) -> None:
+        """Re-save ``model.ts`` with its embedded JSON extra files (configs, metadata) rewritten like the configs."""
+        import torch
+
+        with zipfile.ZipFile(path) as archive:
+            names = [m.group(1) for m in (re.match(r"[^/]+/extra/(.+)$", n) for n in archive.namelist()) if m]
+        extra_files = dict.fromkeys(names, "")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+        except Exception as e:
+            raise PackagingError(f"{self.bundle_root}/models/model.ts cannot be loaded by torch.jit.load: {e}") from None
+        rewritten: dict[str, Any] = {}
+        for name, data in extra_files.items():
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            if name.endswith(".json"):
+                try:
+                    text = json.dumps(self.rewrite_config(name, json.loads(text)))
+                except json.JSONDecodeError:
+                    text = rewrite_text(text)
+            rewritten[name] = text
+        torch.jit.save(module, str(path), _extra_files=rewritten)
+
+    def _self_check(self, staged: Path, configs: dict[str, str]) -> None:
+        names = referenced_names(configs.values(), package=SCRIPTS)
+        with tempfile.TemporaryDirectory(prefix="package_check_") as tmp:
+            _run_child(
+                _SELF_CHECK,
+                [str(staged), ",".join(REPO_PACKAGES), *names],
+                tmp,
+                f"self-check of the packaged {self.name} (importing its scripts.* names without this repository)",
+            )
+
+    def _zip(self, staged: Path) -> Path:
+        target = self.output_dir / f"{self.name}.zip"
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".zip.tmp", dir=self.output_dir)
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(p for p in staged.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                    archive.write(path, f"{self.name}/{path.relative_to(staged).as_posix()}")
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m raagr2_tools.shipping.package BUNDLE --output_dir DIR``: print the zip's path."""
+    parser = argparse.ArgumentParser(description="Package a bundle as a self-contained zip (custom code as scripts/).")
+    parser.add_argument("bundle", type=Path, help="the bundle folder")
+    parser.add_argument("--output_dir", type=Path, default=Path("dist"), help="where <name>.zip goes (default: dist)")
+    args = parser.parse_args(argv)
+    try:
+        print(BundlePackager(args.bundle, args.output_dir).run())
+    except PackagingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
