@@ -57,10 +57,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reports = {}
     for bundle in args.bundles:
         print(f"=== {bundle.name}: main job, {args.epochs} epochs, {args.cases} phantoms, seed {args.seed}", flush=True)
-        reports[bundle.name] = run_main_job([
-            "--bundle", str(bundle), "--workdir", str(args.out / bundle.name),
-            "--cases", str(args.cases), "--epochs", str(args.epochs), "--seed", str(args.seed),
-        ])
+        reports[bundle.name] = run_main_job(
+            [
+                "--bundle",
+                str(bundle),
+                "--workdir",
+                str(args.out / bundle.name),
+                "--cases",
+                str(args.cases),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+            ]
+        )
     reference = reports[args.bundles[0].name]
     rows = []
     for name, report in reports.items():
@@ -68,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dice = report["regions"][f"{region}_dice"]
             delta = dice["mean"] - reference["regions"][f"{region}_dice"]["mean"]
             rows.append((f"{name} {region.upper()} Dice", f"{dice['mean']:.4f} ± {dice['std']:.4f} ({delta:+.4f})"))
-        rows.append((f"{name} HD95 mm WT/TC/ET", " / ".join(f"{report['regions'][f'{r}_hd95']['mean']:.2f}" for r in REGIONS)))
+        rows.append(
+            (f"{name} HD95 mm WT/TC/ET", " / ".join(f"{report['regions'][f'{r}_hd95']['mean']:.2f}" for r in REGIONS))
+        )
         rows.append((f"{name} parameters (3 outputs)", f"{report['parameters_bundle_3ch']:,}"))
         rows.append((f"{name} training time", f"{report['train_seconds']:.0f} s"))
     title = f"Training comparison on phantoms (seed {args.seed}, {args.epochs} epochs, {args.cases} cases)"

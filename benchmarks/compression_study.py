@@ -57,14 +57,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overlay = (args.settings or (PHANTOM_SETTINGS if args.data is None else REAL_SETTINGS)).resolve()
     settings = load_settings(overlay)
     dataset_dir, datalist = prepare_data(args, workdir, settings)
-    common = {"dataset_dir": dataset_dir, "data_list_file_path": datalist, "seed": args.seed,
-              **({"epochs": args.epochs} if args.epochs else {})}
+    common = {
+        "dataset_dir": dataset_dir,
+        "data_list_file_path": datalist,
+        "seed": args.seed,
+        **({"epochs": args.epochs} if args.epochs else {}),
+    }
     teacher_bundle = BASELINE if args.variant == "baseline" else REPO_ROOT / "bundles" / "raagr2_shared_depthwise"
 
     teacher = args.teacher.resolve() if args.teacher else workdir / "teacher" / "models" / "model.pt"
     if args.teacher is None:
         print(f"[2/4] training the {args.variant} teacher for {args.epochs or settings['epochs']} epochs", flush=True)
-        run_bundle([teacher_bundle / "configs" / "train.json", overlay], "training", {**common, "bundle_root": workdir / "teacher"})
+        run_bundle(
+            [teacher_bundle / "configs" / "train.json", overlay],
+            "training",
+            {**common, "bundle_root": workdir / "teacher"},
+        )
 
     print(f"[3/4] compressing: {args.method}, ratio {args.ratio}, {args.schedule}", flush=True)
     output_dir = workdir / "compressed"

@@ -81,6 +81,7 @@ def build_network(spec: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.
             info["weights_error"] = f"{type(e).__name__}: {e}"[:300]
     prune = spec.get("prune")
     if prune:
+        from custom_modules.networks.complexity import count_parameters
         from raagr2_tools.compression import (
             StructuredPruner,
             get_criterion,
@@ -88,16 +89,25 @@ def build_network(spec: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.
             make_schedule,
             merge_split_convs,
         )
-        from custom_modules.networks.complexity import count_parameters
 
-        log(f"pruning {prune['ratio']:.0%} of the channels ({prune['criterion']}, one shot, round_to {prune['round_to']})")
+        log(
+            f"pruning {prune['ratio']:.0%} of the channels ({prune['criterion']}, one shot, "
+            f"round_to {prune['round_to']})"
+        )
         before = count_parameters(net)
         channels = int(getattr(net, "init_args", {}).get("in_channels", 4))
         pruner = StructuredPruner(net, (1, channels, 64, 64), round_to=prune["round_to"] or None, onnx_check=False)
-        pruner.step(make_importance(get_criterion(prune["criterion"]), net), make_schedule("oneshot", prune["ratio"])[0])
+        pruner.step(
+            make_importance(get_criterion(prune["criterion"]), net), make_schedule("oneshot", prune["ratio"])[0]
+        )
         merged = merge_split_convs(net)
         net.eval()
-        info["pruning"] = {**prune, "params_before": before, "params_after": count_parameters(net), "merged_convs": merged}
+        info["pruning"] = {
+            **prune,
+            "params_before": before,
+            "params_after": count_parameters(net),
+            "merged_convs": merged,
+        }
     return net, info
 
 
@@ -130,7 +140,11 @@ def calibrate_random_weights(
         m.momentum = 0.1
     net.eval()
     head = getattr(net, "head", None)
-    stats: dict[str, Any] = {"bn_layers": len(bns), "slices": int(slices.shape[0]), "positive_fraction": positive_fraction}
+    stats: dict[str, Any] = {
+        "bn_layers": len(bns),
+        "slices": int(slices.shape[0]),
+        "positive_fraction": positive_fraction,
+    }
     if _sigmoid_output(net) or not isinstance(head, nn.Conv2d) or head.bias is None or head.kernel_size != (1, 1):
         stats["head"] = "unchanged (no 1x1 logit head)"
         return stats
@@ -158,7 +172,9 @@ def calibrate_random_weights(
         logits = net(slices)
     for c, name in enumerate(regions):
         regions[name]["brain_positive"] = float((logits[:, c][brain] > 0).float().mean()) if brain.any() else 0.0
-        regions[name]["background_positive"] = float((logits[:, c][~brain] > 0).float().mean()) if (~brain).any() else 0.0
+        regions[name]["background_positive"] = (
+            float((logits[:, c][~brain] > 0).float().mean()) if (~brain).any() else 0.0
+        )
     stats["head"] = "sign and bias set per channel"
     stats["regions"] = regions
     return stats
@@ -212,7 +228,12 @@ class _TimedNetwork:
 
 
 def _build_backends(
-    net: nn.Module, spec: dict[str, Any], calibration: np.ndarray, device: torch.device, threads: int, tmp: Path,
+    net: nn.Module,
+    spec: dict[str, Any],
+    calibration: np.ndarray,
+    device: torch.device,
+    threads: int,
+    tmp: Path,
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, str]]:
     """``{backend: callable}``, ``{backend: build info}`` and ``{backend: error}`` for the spec's backends."""
@@ -252,7 +273,11 @@ def _build_backends(
             elif backend == "ort_fp32":
                 log(f"ONNX export ({spec['onnx_exporter']} exporter, opset {spec['opset']})")
                 path = need_fp32()
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+                providers = (
+                    ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                    if device.type == "cuda"
+                    else ["CPUExecutionProvider"]
+                )
                 built[backend] = ort(path, [p for p in providers if p in available])
                 what = {"runtime": f"onnxruntime {onnxruntime.__version__} FP32"}
             elif backend == "ort_int8":
@@ -263,20 +288,31 @@ def _build_backends(
                 q_start = time.perf_counter()
                 done = quantize_int8(path, tmp / "model_int8.onnx", list(calibration))
                 built[backend] = ort(tmp / "model_int8.onnx", ["CPUExecutionProvider"])
-                what = {"runtime": f"onnxruntime {onnxruntime.__version__} INT8 (CPU EP)", "quantize_s": time.perf_counter() - q_start,
-                        "quantization": {k: v for k, v in done.items() if k != "float_nodes"}}
+                what = {
+                    "runtime": f"onnxruntime {onnxruntime.__version__} INT8 (CPU EP)",
+                    "quantize_s": time.perf_counter() - q_start,
+                    "quantization": {k: v for k, v in done.items() if k != "float_nodes"},
+                }
             elif backend == "ort_cuda_fp16":
                 from raagr2_tools.shipping import convert_fp16
 
                 if device.type != "cuda" or "CUDAExecutionProvider" not in available:
-                    raise RuntimeError(f"needs --device cuda and ONNX Runtime's CUDAExecutionProvider (available: {available})")
+                    raise RuntimeError(
+                        f"needs --device cuda and ONNX Runtime's CUDAExecutionProvider (available: {available})"
+                    )
                 convert_fp16(need_fp32(), tmp / "model_fp16.onnx")
                 built[backend] = ort(tmp / "model_fp16.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
                 what = {"runtime": f"onnxruntime {onnxruntime.__version__} FP16 (CUDA EP)"}
             elif backend == "ort_trt_fp16":
                 if device.type != "cuda" or "TensorrtExecutionProvider" not in available:
-                    raise RuntimeError(f"needs --device cuda and ONNX Runtime's TensorrtExecutionProvider (available: {available})")
-                options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp / "trt")}
+                    raise RuntimeError(
+                        f"needs --device cuda and ONNX Runtime's TensorrtExecutionProvider (available: {available})"
+                    )
+                options = {
+                    "trt_fp16_enable": True,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(tmp / "trt"),
+                }
                 (tmp / "trt").mkdir(exist_ok=True)
                 providers = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]
                 built[backend] = ort(need_fp32(), providers)
@@ -284,7 +320,12 @@ def _build_backends(
             else:
                 raise ValueError(f"unknown backend {backend!r}; known: {CUDA_BACKENDS}")
             providers = getattr(built[backend], "providers", None)
-            info[backend] = {**info.get(backend, {}), **what, "build_s": time.perf_counter() - start, "providers": providers}
+            info[backend] = {
+                **info.get(backend, {}),
+                **what,
+                "build_s": time.perf_counter() - start,
+                "providers": providers,
+            }
         except Exception as e:
             errors[backend] = f"{type(e).__name__}: {e}"[:500]
             log(f"backend {backend} unavailable: {errors[backend]}")
@@ -293,22 +334,12 @@ def _build_backends(
 
 
 def _export_onnx(net: nn.Module, path: Path, example_shape: Sequence[int], spec: dict[str, Any]) -> None:
-    """FP32 ONNX with dynamic batch/H/W: the project's exporter (dynamo), or the legacy TorchScript exporter
-    (``--tiny``: seconds instead of tens of seconds; the graph is not the shipped one)."""
-    if spec["onnx_exporter"] == "dynamo":
-        from raagr2_tools.shipping import export_onnx
+    """FP32 ONNX with dynamic batch/H/W through the project's one exporter: the shipped dynamo graph, or
+    (``legacy``, for ``--tiny``: seconds instead of tens of seconds) its TorchScript exporter."""
+    from raagr2_tools.shipping.onnx import export_onnx
 
-        export_onnx(net, path, example_shape, opset=int(spec["opset"]))
-        return
-    import warnings
-
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(), (torch.randn(*example_shape),), str(path), dynamo=False, input_names=["image"],
-            output_names=["pred"], dynamic_axes={"image": axes, "pred": axes}, opset_version=int(spec["opset"]),
-        )
+    exporter = "torchscript" if spec["onnx_exporter"] == "legacy" else "dynamo"
+    export_onnx(net, path, example_shape, opset=int(spec["opset"]), exporter=exporter)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -334,8 +365,14 @@ def _threshold(out: torch.Tensor, sigmoid_output: bool) -> torch.Tensor:
 
 
 def _volume_row(
-    network: Any, backend: str, option: str, volume: torch.Tensor, spec: dict[str, Any], device: torch.device,
-    flops_per_slice: int, sigmoid_output: bool,
+    network: Any,
+    backend: str,
+    option: str,
+    volume: torch.Tensor,
+    spec: dict[str, Any],
+    device: torch.device,
+    flops_per_slice: int,
+    sigmoid_output: bool,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Time ``volume`` through ``BrainSliceInferer`` with ``option``; returns the row and its mask."""
     from custom_modules.inference import BrainSliceInferer
@@ -399,14 +436,24 @@ def measure_variant(spec: dict[str, Any]) -> dict[str, Any]:
     height, width = volume.shape[2:4]
 
     net, info = build_network(spec, log)
-    result: dict[str, Any] = {"name": name, **info, "device": str(device), "device_name": device_name(device),
-                              "threads": threads, "rows": [], "backend_errors": {}}
+    result: dict[str, Any] = {
+        "name": name,
+        **info,
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": threads,
+        "rows": [],
+        "backend_errors": {},
+    }
     # random weights, and pruned weights that were not fine-tuned (stale BatchNorm statistics, usually an empty
     # mask), get trained-like output statistics, so that the agreement column is not vacuous
     if (info["weights"] != "models/model.pt" or info.get("pruning")) and spec.get("calibrate_random", True):
         step = max(1, len(calibration) // 8)
         cal = torch.from_numpy(calibration[::step][:8])
-        log(f"{'pruned' if info.get('pruning') else 'random'} weights: BatchNorm statistics and head bias from {len(cal)} calibration slices")
+        log(
+            f"{'pruned' if info.get('pruning') else 'random'} weights: BatchNorm statistics and head bias "
+            f"from {len(cal)} calibration slices"
+        )
         result["random_weight_calibration"] = calibrate_random_weights(net, cal)
     net = net.to(device).eval()
     sigmoid_output = _sigmoid_output(net)
@@ -432,10 +479,15 @@ def measure_variant(spec: dict[str, Any]) -> dict[str, Any]:
         slice_ms: dict[str, float] = {}
         slice_raw: dict[str, Any] = {}
         for backend, network in list(backends.items()):
-            log(f"slice latency {backend}: batch 1 {tuple(x.shape)} ({spec['slice_warmup']} warm-up + {spec['slice_repeats']} timed)")
+            log(
+                f"slice latency {backend}: batch 1 {tuple(x.shape)} "
+                f"({spec['slice_warmup']} warm-up + {spec['slice_repeats']} timed)"
+            )
             try:
                 with torch.no_grad():
-                    timing = time_repeats(lambda: network(x), int(spec["slice_warmup"]), int(spec["slice_repeats"]), device)
+                    timing = time_repeats(
+                        lambda: network(x), int(spec["slice_warmup"]), int(spec["slice_repeats"]), device
+                    )
             except Exception as e:
                 result["backend_errors"][backend] = f"{type(e).__name__}: {e}"[:500]
                 log(f"backend {backend} failed: {result['backend_errors'][backend]}")
@@ -450,8 +502,9 @@ def measure_variant(spec: dict[str, Any]) -> dict[str, Any]:
             nonlocal reference_mask
             log(f"volume {tuple(volume.shape[1:])} {backend} {option} ({spec['volume_repeats']} timed)")
             try:
-                entry, mask = _volume_row(backends[backend], backend, option, volume, spec, device,
-                                          result["flops_per_slice"], sigmoid_output)
+                entry, mask = _volume_row(
+                    backends[backend], backend, option, volume, spec, device, result["flops_per_slice"], sigmoid_output
+                )
             except Exception as e:
                 if backend == "torch" and option == "full":
                     raise
@@ -463,13 +516,17 @@ def measure_variant(spec: dict[str, Any]) -> dict[str, Any]:
             entry["slice_ms"] = slice_ms.get(backend)
             entry["providers"] = result["backends"].get(backend, {}).get("providers")
             entry["agreement"] = region_dice(mask, reference_mask)
-            entry["mask_voxels"] = {REGIONS[c] if c < len(REGIONS) else str(c): int(mask[c].sum()) for c in range(mask.shape[0])}
+            entry["mask_voxels"] = {
+                REGIONS[c] if c < len(REGIONS) else str(c): int(mask[c].sum()) for c in range(mask.shape[0])
+            }
             entry["gflops_fraction_of_matmul"] = (
                 entry["gflops"] / result["matmul"]["gflops"] if entry["gflops"] and result["matmul"]["gflops"] else None
             )
             result["rows"].append(entry)
-            log(f"  {entry['volume_s']:.2f} s, network {entry['network_fraction']:.0%}, agreement "
-                + "/".join(f"{v:.3f}" for v in entry["agreement"].values()))
+            log(
+                f"  {entry['volume_s']:.2f} s, network {entry['network_fraction']:.0%}, agreement "
+                + "/".join(f"{v:.3f}" for v in entry["agreement"].values())
+            )
 
         for backend in ["torch"] + [b for b in backends if b != "torch"]:
             row(backend, "full")

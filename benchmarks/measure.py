@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from raagr2_tools.authoring import bundle_network
 from custom_modules.networks.complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters
+from raagr2_tools.authoring import bundle_network
 
 from .machine import device_name
 from .settings import BenchSettings, add_settings_args, settings_from_args

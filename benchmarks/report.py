@@ -82,8 +82,16 @@ def render_tables(result: Mapping[str, Any]) -> str:
         )
     ratio_header = ["variant"] + [f"{label} ratio" for label in RATIO_KEYS.values()]
     ratio_rows = [[name] + [_fmt(ratios[k], ".3f") for k in RATIO_KEYS] for name, ratios in result["ratios"].items()]
-    lines = [f"### Measurements ({result['machine']['device_name']}, {s['device']})", "", markdown_table(header, measured)]
-    lines += [f"### Ratios vs {result['reference']} (variant / reference)", "", markdown_table(ratio_header, ratio_rows)]
+    lines = [
+        f"### Measurements ({result['machine']['device_name']}, {s['device']})",
+        "",
+        markdown_table(header, measured),
+    ]
+    lines += [
+        f"### Ratios vs {result['reference']} (variant / reference)",
+        "",
+        markdown_table(ratio_header, ratio_rows),
+    ]
     lines += [
         "",
         f"FLOPs: {result['flop_counter']} (2 FLOPs per multiply-add, MACs = FLOPs / 2; conv/matmul only), "

@@ -130,16 +130,19 @@ def find_brats2023(files: Sequence[Path]) -> list[Case]:
 def find_upenn_gbm(files: Sequence[Path]) -> list[Case]:
     """UPENN-GBM: ``<case>_{T1GD,T1,T2,FLAIR}``, label ``<case>_segm`` anywhere."""
     suffixes = {"t1c": "T1GD", "t1": "T1", "t2": "T2", "flair": "FLAIR"}
-    return _suffix_cases(
-        files, "upenn_gbm", suffixes, ("_",), ("segm", "automated_approx_segm"), label_anywhere=True
-    )
+    return _suffix_cases(files, "upenn_gbm", suffixes, ("_",), ("segm", "automated_approx_segm"), label_anywhere=True)
 
 
 def find_brainles(files: Sequence[Path]) -> list[Case]:
     """BrainLes output: ``raw_bet/<case>_{t1c,t1,t2,fla}_bet`` + ``fusion/simple``."""
     suffixes = {"t1c": "t1c_bet", "t1": "t1_bet", "t2": "t2_bet", "flair": "fla_bet"}
     return _suffix_cases(
-        files, "brainles", suffixes, ("_",), (), folder_name="raw_bet",
+        files,
+        "brainles",
+        suffixes,
+        ("_",),
+        (),
+        folder_name="raw_bet",
         label_at=lambda folder, _: folder.parent / "fusion" / "simple.nii.gz",
     )
 
@@ -151,8 +154,14 @@ def find_msd(files: Sequence[Path]) -> list[Case]:
         if f.parent.name == "imagesTr":
             label = f.parent.parent / "labelsTr" / f.name
             cases.append(
-                Case(nifti_stem(f), "msd", label=label, label_convention="msd", image_4d=f,
-                     channels_4d=("flair", "t1", "t1c", "t2"))
+                Case(
+                    nifti_stem(f),
+                    "msd",
+                    label=label,
+                    label_convention="msd",
+                    image_4d=f,
+                    channels_4d=("flair", "t1", "t1c", "t2"),
+                )
             )
     return cases
 

@@ -142,17 +142,23 @@ def prepare_datalist(
     reasons = Counter(fault_kind(p[0]) for p in skipped)
     unlabelled = sum("label" not in e for e in entries.values())
     logger.info(
-        "found %d cases (%s), kept %d%s, skipped %d%s", len(cases),
+        "found %d cases (%s), kept %d%s, skipped %d%s",
+        len(cases),
         ", ".join(f"{k}: {v}" for k, v in sorted(layouts.items())) or "no known layout",
-        len(entries), f" ({unlabelled} without label: test only)" if unlabelled else "", len(skipped),
+        len(entries),
+        f" ({unlabelled} without label: test only)" if unlabelled else "",
+        len(skipped),
         f" ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})" if reasons else "",
     )
     if not entries:
         raise RuntimeError(f"no usable case under {src}; nothing written")
     split = split_by_case(entries, val_fraction, test_fraction, seed, all_test)
     if len(entries) < 3 and not all_test:
-        logger.info("note: only %d case(s) kept, small-dataset rule of data_prep.split applied "
-                    "(1 case: test only; 2 cases: 1 training + 1 test)", len(entries))
+        logger.info(
+            "note: only %d case(s) kept, small-dataset rule of data_prep.split applied "
+            "(1 case: test only; 2 cases: 1 training + 1 test)",
+            len(entries),
+        )
     datalist = {
         "description": "BraTS-style brain tumour datalist written by data_prep.prepare; split by patient",
         "dataset_dir": src.as_posix(),
@@ -179,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", type=float, default=0.15, help="test fraction (default 0.15)")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument(
-        "--all-test", action="store_true",
+        "--all-test",
+        action="store_true",
         help="put every case in 'test' and keep cases without a label file (to segment a folder)",
     )
     args = parser.parse_args(argv)

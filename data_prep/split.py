@@ -42,7 +42,10 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
 
 
 def split_by_case(
-    case_ids: Iterable[str], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+    case_ids: Iterable[str],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
     all_test: bool = False,
 ) -> dict[str, list[str]]:
     """Split distinct case ids into ``{"training": [...], "validation": [...], "test": [...]}``."""
@@ -51,5 +54,5 @@ def split_by_case(
         return {"training": [], "validation": [], "test": ids}
     _, n_val, n_test = split_counts(len(ids), val_fraction, test_fraction)
     random.Random(seed).shuffle(ids)
-    parts = (ids[n_test + n_val:], ids[n_test:n_test + n_val], ids[:n_test])
+    parts = (ids[n_test + n_val :], ids[n_test : n_test + n_val], ids[:n_test])
     return {name: sorted(part) for name, part in zip(SPLITS, parts)}

@@ -68,9 +68,7 @@ def _bias_field(shape: Sequence[int], rng: np.random.Generator, strength: float 
     return factors
 
 
-def make_phantom_case(
-    shape: Sequence[int], rng: np.random.Generator
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def make_phantom_case(shape: Sequence[int], rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One phantom exam.
 
     Args:

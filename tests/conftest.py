@@ -1,27 +1,45 @@
-"""Shared fixtures: tiny phantom datasets, the shared real cases, and a tiny-network bundle override set."""
+"""Shared fixtures: tiny phantom datasets, the project's real cases, and the tiny-network settings overlay.
+
+Real cases and the metadata schema are read from the folder given by ``--shared-dir`` (or the environment
+variable ``RAAGR2_SHARED_DIR``): ``<dir>/data/tcga_lgg_brainles`` and ``<dir>/schema/meta_schema_20240725.json``.
+Tests that need them skip without it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
 BASELINE = REPO_ROOT / "bundles" / "raagr2_baseline"
+#: set from ``--shared-dir`` in :func:`pytest_configure`, before the test modules import them
+SHARED = Path("--shared-dir-not-given")
 REAL_CASES = SHARED / "data" / "tcga_lgg_brainles"
 SCHEMA = SHARED / "schema" / "meta_schema_20240725.json"
 
-#: a narrow RAAGR2-Net and tiny crops keep bundle runs to seconds on 2 CPU cores; configs are unchanged
-TINY = {
-    "network_def#features": [4, 8, 16, 32, 64],
-    "roi_size": [32, 32],
-    "infer_roi_size": [32, 32],
-    "slices_per_case": 2,
-    "sw_batch_size": 16,
-    "cache_rate": 1.0,
-    "num_workers": 0,
-}
+#: the tiny settings overlay: a narrow RAAGR2-Net and tiny crops keep bundle runs to seconds on 2 CPU cores
+TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.json"
+TINY: dict = json.loads(TINY_CONFIG.read_text())
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shared-dir",
+        default=os.environ.get("RAAGR2_SHARED_DIR"),
+        help="the project's shared folder (data/, schema/); tests that need real cases or the schema skip without it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global SHARED, REAL_CASES, SCHEMA
+    shared = config.getoption("--shared-dir")
+    if shared:
+        SHARED = Path(shared).resolve()
+        REAL_CASES = SHARED / "data" / "tcga_lgg_brainles"
+        SCHEMA = SHARED / "schema" / "meta_schema_20240725.json"
 
 
 @pytest.fixture(scope="session")
@@ -32,15 +50,17 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
     root = tmp_path_factory.mktemp("phantoms")
     write_phantom_dataset(root / "data", 6, seed=1, shape=(32, 32, 16))
-    prepare_datalist(root / "data", root / "datalist.json", val_fraction=0.34, seed=1)  # 2 validation cases for 2 DDP ranks
+    prepare_datalist(
+        root / "data", root / "datalist.json", val_fraction=0.34, seed=1
+    )  # 2 validation cases for 2 DDP ranks
     return root / "data", root / "datalist.json"
 
 
 @pytest.fixture(scope="session")
 def real_datalist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The two real BrainLes cases from ../shared, all in the ``test`` list (read in place, never copied)."""
+    """The two real BrainLes cases of ``--shared-dir``, all in the ``test`` list (read in place, never copied)."""
     if not REAL_CASES.is_dir():
-        pytest.skip(f"real cases not found at {REAL_CASES}")
+        pytest.skip(f"real cases not found at {REAL_CASES} (pass --shared-dir)")
     from data_prep.prepare import prepare_datalist
 
     out = tmp_path_factory.mktemp("real") / "datalist.json"
@@ -48,7 +68,7 @@ def real_datalist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: Path = REAL_CASES) -> int:
+def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: Path | None = None) -> int:
     """Every ``test`` case of ``datalist`` has ``<case_id>_seg.nii.gz`` in ``pred_dir``: a uint8 BraTS label map
     (0/1/2/4) with its input's shape and affine. Returns the number of cases checked."""
     import json
@@ -56,6 +76,7 @@ def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: 
     import nibabel as nib
     import numpy as np
 
+    dataset_dir = REAL_CASES if dataset_dir is None else dataset_dir
     cases = json.loads(Path(datalist).read_text())["test"]
     for case in cases:
         reference = nib.load(Path(dataset_dir) / case["image"][0])
@@ -84,7 +105,9 @@ def bake_settings(src: Path, dst: Path, settings: dict) -> Path:
     for path in (dst / "configs").glob("*.json"):
         config = json.loads(path.read_text())
         if isinstance(config, dict):
-            path.write_text(json_text(apply_overrides(config, {k: v for k, v in settings.items() if k.split("#")[0] in config})))
+            path.write_text(
+                json_text(apply_overrides(config, {k: v for k, v in settings.items() if k.split("#")[0] in config}))
+            )
     return dst
 
 
@@ -105,14 +128,32 @@ def deploy_bundles(tmp_path_factory: pytest.TempPathFactory, phantom_dataset) ->
         mp.setenv("OMP_NUM_THREADS", "1")  # tiny networks; two threads on a shared 2-core machine only stall
         for name in DEPLOY_BUNDLES[:3]:
             bundle = bake_settings(REPO_ROOT / "bundles" / name, root / name, TINY)
-            run_bundle([bundle / "configs" / "train.json"], "training",
-                       {**data, "bundle_root": bundle, "epochs": 1, "learning_rate": 1e-3}, cwd=root)
+            run_bundle(
+                [bundle / "configs" / "train.json"],
+                "training",
+                {**data, "bundle_root": bundle, "epochs": 1, "learning_rate": 1e-3},
+                cwd=root,
+            )
             bundles[name] = bundle
         template = bundles["raagr2_pruned"]
-        compress = {**data, "bundle_root": template, "teacher_ckpt": bundles["raagr2_baseline"] / "models" / "model.pt",
-                    "method": "depgraph", "ratio": 0.5, "schedule": "oneshot", "variant": "baseline", "epochs": 1,
-                    "measure_latency": False, "output_dir": root / "compressed"}
-        run_bundle([template / "configs" / "train.json", template / "configs" / "compress.json"], "compress", compress, cwd=root)
+        compress = {
+            **data,
+            "bundle_root": template,
+            "teacher_ckpt": bundles["raagr2_baseline"] / "models" / "model.pt",
+            "method": "depgraph",
+            "ratio": 0.5,
+            "schedule": "oneshot",
+            "variant": "baseline",
+            "epochs": 1,
+            "measure_latency": False,
+            "output_dir": root / "compressed",
+        }
+        run_bundle(
+            [template / "configs" / "train.json", template / "configs" / "compress.json"],
+            "compress",
+            compress,
+            cwd=root,
+        )
         os.replace(root / "compressed" / DEPLOY_BUNDLES[3], root / DEPLOY_BUNDLES[3])
         bundles[DEPLOY_BUNDLES[3]] = root / DEPLOY_BUNDLES[3]
     return bundles
@@ -130,7 +171,15 @@ def exported_bundles(deploy_bundles: dict[str, Path], real_datalist: Path, tmp_p
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         for bundle in deploy_bundles.values():
-            run_bundle([bundle / "configs" / "export.json"], "export",
-                       {"bundle_root": bundle, "dataset_dir": REAL_CASES, "data_list_file_path": real_datalist,
-                        **EXPORT_TEST_SETTINGS}, cwd=tmp_path_factory.mktemp("export_cwd"))
+            run_bundle(
+                [bundle / "configs" / "export.json"],
+                "export",
+                {
+                    "bundle_root": bundle,
+                    "dataset_dir": REAL_CASES,
+                    "data_list_file_path": real_datalist,
+                    **EXPORT_TEST_SETTINGS,
+                },
+                cwd=tmp_path_factory.mktemp("export_cwd"),
+            )
     return deploy_bundles

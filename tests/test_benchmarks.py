@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINE = REPO_ROOT / "bundles" / "raagr2_baseline"
 

@@ -15,6 +15,9 @@ import torch
 from benchmarks.deploy import target_summary
 from benchmarks.deploy_measure import CPU_BACKENDS, region_dice
 
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,8 +65,11 @@ def test_ratios_agreement_and_gflops(tiny_run) -> None:
             assert r["slices_run"] == r["slices"] and r["pixels_run_fraction"] == 1.0
         else:
             assert r["slices_run"] == result["input"]["brain_slices"]
-    reference = next(r for r in result["rows"] if r["variant"] == "raagr2_baseline" and r["backend"] == "torch"
-                     and r["option"] == "full")
+    reference = next(
+        r
+        for r in result["rows"]
+        if r["variant"] == "raagr2_baseline" and r["backend"] == "torch" and r["option"] == "full"
+    )
     assert reference["speedup"] == pytest.approx(1.0)
 
 
@@ -82,8 +88,14 @@ def test_inputs_machine_segresnet_markdown_and_chart(tiny_run) -> None:
 
 
 def _result(rows: list[dict[str, Any]], segresnet_s: float | None = 18.0) -> dict[str, Any]:
-    base = {"variant": "raagr2_baseline", "slices": 155, "slices_run": 155, "pixels_run_fraction": 1.0,
-            "gflops_fraction_of_matmul": 0.2, "matmul_gflops": 100.0}
+    base = {
+        "variant": "raagr2_baseline",
+        "slices": 155,
+        "slices_run": 155,
+        "pixels_run_fraction": 1.0,
+        "gflops_fraction_of_matmul": 0.2,
+        "matmul_gflops": 100.0,
+    }
     full = []
     for r in rows:
         row = {**base, **r}
@@ -93,17 +105,31 @@ def _result(rows: list[dict[str, Any]], segresnet_s: float | None = 18.0) -> dic
         row["executed_gflop"] = row["gflops"] * row["volume_s"]
         row["min_agreement"] = min(row["agreement"].values())
         full.append(row)
-    return {"rows": full, "reference": "raagr2_baseline", "reference_volume_s": 80.0, "segresnet_volume_s": segresnet_s,
-            "settings": {"target_speedup": 15.0, "agreement_threshold": 0.99, "device": "cpu"},
-            "machine": {"cpu_cores_usable": 2}, "threads": 2, "input": {"shape": [4, 240, 240, 155]},
-            "matmul": {"n": 2048}, "variants": [{"name": "raagr2_baseline", "weights": "random (seeded)"}]}
+    return {
+        "rows": full,
+        "reference": "raagr2_baseline",
+        "reference_volume_s": 80.0,
+        "segresnet_volume_s": segresnet_s,
+        "settings": {"target_speedup": 15.0, "agreement_threshold": 0.99, "device": "cpu"},
+        "machine": {"cpu_cores_usable": 2},
+        "threads": 2,
+        "input": {"shape": [4, 240, 240, 155]},
+        "matmul": {"n": 2048},
+        "variants": [{"name": "raagr2_baseline", "weights": "random (seeded)"}],
+    }
 
 
 def test_target_summary_picks_the_fastest_row_that_agrees() -> None:
     good = {"tc": 1.0, "wt": 0.995, "et": 0.99}
     rows = [
         {"backend": "torch", "option": "full", "volume_s": 80.0, "gflops": 20.0, "agreement": good},
-        {"backend": "ort_int8", "option": "skip+crop", "volume_s": 4.0, "gflops": 40.0, "agreement": {**good, "et": 0.5}},
+        {
+            "backend": "ort_int8",
+            "option": "skip+crop",
+            "volume_s": 4.0,
+            "gflops": 40.0,
+            "agreement": {**good, "et": 0.5},
+        },
         {"backend": "ort_fp32", "option": "skip+crop", "volume_s": 10.0, "gflops": 30.0, "agreement": good},
     ]
     summary = target_summary(_result(rows))
@@ -134,11 +160,21 @@ def test_empty_reference_mask_makes_agreement_undefined_not_perfect() -> None:
     from benchmarks.deploy import flatten_rows
 
     def row(backend: str, voxels: int, volume_s: float) -> dict[str, Any]:
-        return {"backend": backend, "option": "full", "volume_s": volume_s, "mask_voxels": {"tc": voxels, "wt": 5, "et": 0},
-                "agreement": {"tc": 1.0, "wt": 0.9, "et": 1.0}}
+        return {
+            "backend": backend,
+            "option": "full",
+            "volume_s": volume_s,
+            "mask_voxels": {"tc": voxels, "wt": 5, "et": 0},
+            "agreement": {"tc": 1.0, "wt": 0.9, "et": 1.0},
+        }
 
-    variant = {"name": "v", "params": 1, "flops_per_slice": 1, "matmul": {"gflops": 1.0},
-               "rows": [row("torch", 0, 10.0), row("ort_fp32", 0, 5.0)]}
+    variant = {
+        "name": "v",
+        "params": 1,
+        "flops_per_slice": 1,
+        "matmul": {"gflops": 1.0},
+        "rows": [row("torch", 0, 10.0), row("ort_fp32", 0, 5.0)],
+    }
     rows = flatten_rows([variant], reference_s=10.0, segresnet_s=None)
     assert [r["agreement_regions"] for r in rows] == [["wt"], ["wt"]] and rows[1]["min_agreement"] == 0.9
     variant["rows"][0]["mask_voxels"]["wt"] = 0

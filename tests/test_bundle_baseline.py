@@ -15,17 +15,26 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import BASELINE, REAL_CASES, SCHEMA, TINY, assert_label_maps_match_inputs
+
 from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
+
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
 
 CONFIGS = BASELINE / "configs"
 
 
 def _train_overrides(bundle_root: Path, dataset: tuple[Path, Path], epochs: int) -> dict:
     dataset_dir, datalist = dataset
-    return {**TINY, "bundle_root": bundle_root, "dataset_dir": dataset_dir, "data_list_file_path": datalist,
-            "epochs": epochs, "learning_rate": 1e-3}
+    return {
+        **TINY,
+        "bundle_root": bundle_root,
+        "dataset_dir": dataset_dir,
+        "data_list_file_path": datalist,
+        "epochs": epochs,
+        "learning_rate": 1e-3,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +84,19 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path, phantom_da
 
 
 def test_evaluate_and_infer_on_real_cases(trained_bundle: Path, real_datalist: Path, tmp_path: Path) -> None:
-    common = {"bundle_root": trained_bundle, "dataset_dir": REAL_CASES, "data_list_file_path": real_datalist,
-              "network_def#features": TINY["network_def#features"], "num_workers": 0}
-    run_bundle([CONFIGS / "train.json", CONFIGS / "evaluate.json"], "run",
-               {**common, "output_dir": tmp_path / "eval", "infer_roi_size": [240, 240]}, cwd=tmp_path)
+    common = {
+        "bundle_root": trained_bundle,
+        "dataset_dir": REAL_CASES,
+        "data_list_file_path": real_datalist,
+        "network_def#features": TINY["network_def#features"],
+        "num_workers": 0,
+    }
+    run_bundle(
+        [CONFIGS / "train.json", CONFIGS / "evaluate.json"],
+        "run",
+        {**common, "output_dir": tmp_path / "eval", "infer_roi_size": [240, 240]},
+        cwd=tmp_path,
+    )
     report = json.loads((tmp_path / "eval" / "per_case_metrics.json").read_text())
     assert sorted(c["case"] for c in report["cases"]) == ["OtherEXampleFromTCIA", "TCGA-DU-7294"]
     assert (tmp_path / "eval" / "per_case_metrics.csv").read_text().count("\n") == 4  # header, 2 cases, mean
@@ -96,8 +114,22 @@ def test_verify_metadata_and_net_in_out(tmp_path: Path) -> None:
     meta = str(CONFIGS / "metadata.json")
     subprocess.run(base + ["verify_metadata", "--meta_file", meta, "--filepath", str(schema)], check=True, cwd=tmp_path)
     for n in ("1", "12"):
-        subprocess.run(base + ["verify_net_in_out", "--net_id", "network_def", "--meta_file", meta,
-                               "--config_file", str(CONFIGS / "inference.json"), "--n", n], check=True, cwd=tmp_path)
+        subprocess.run(
+            base
+            + [
+                "verify_net_in_out",
+                "--net_id",
+                "network_def",
+                "--meta_file",
+                meta,
+                "--config_file",
+                str(CONFIGS / "inference.json"),
+                "--n",
+                n,
+            ],
+            check=True,
+            cwd=tmp_path,
+        )
 
 
 def test_metadata_rejects_missing_required_field(tmp_path: Path) -> None:
@@ -109,15 +141,35 @@ def test_metadata_rejects_missing_required_field(tmp_path: Path) -> None:
     del meta["required_packages_version"]
     broken = tmp_path / "metadata.json"
     broken.write_text(json.dumps(meta))
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(broken),
-                             "--filepath", str(schema)], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(broken),
+            "--filepath",
+            str(schema),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "required_packages_version" in result.stdout + result.stderr
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path, phantom_dataset) -> None:
     overrides = _train_overrides(tmp_path, phantom_dataset, 1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-               *bundle_command([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json"], "training", overrides)[1:]]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        *bundle_command([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json"], "training", overrides)[1:],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -133,10 +185,20 @@ def test_inference_on_one_four_channel_nifti(trained_bundle: Path, phantom_datas
     stacked = np.stack([np.asarray(nib.load(dataset_dir / p).dataobj) for p in case["image"]], axis=-1)
     nib.save(nib.Nifti1Image(stacked, first.affine), tmp_path / "case4d.nii.gz")
     (tmp_path / "datalist.json").write_text(json.dumps({"test": [{"case_id": "case4d", "image": "case4d.nii.gz"}]}))
-    run_bundle([CONFIGS / "inference.json"], "inference",
-               {"bundle_root": trained_bundle, "dataset_dir": tmp_path, "data_list_file_path": tmp_path / "datalist.json",
-                "network_def#features": TINY["network_def#features"], "infer_roi_size": TINY["infer_roi_size"],
-                "num_workers": 0, "output_dir": tmp_path / "pred"}, cwd=tmp_path)
+    run_bundle(
+        [CONFIGS / "inference.json"],
+        "inference",
+        {
+            "bundle_root": trained_bundle,
+            "dataset_dir": tmp_path,
+            "data_list_file_path": tmp_path / "datalist.json",
+            "network_def#features": TINY["network_def#features"],
+            "infer_roi_size": TINY["infer_roi_size"],
+            "num_workers": 0,
+            "output_dir": tmp_path / "pred",
+        },
+        cwd=tmp_path,
+    )
     written = nib.load(tmp_path / "pred" / "case4d_seg.nii.gz")
     assert written.shape == first.shape and written.get_data_dtype() == np.uint8
     np.testing.assert_allclose(written.affine, first.affine, atol=1e-5)

@@ -14,12 +14,23 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-
 from conftest import DEPLOY_BUNDLES, EXPORT_TEST_SETTINGS, REAL_CASES, assert_label_maps_match_inputs
-from raagr2_tools.shipping import FILES, BundleExporter, ExportParityError, head_node_names
-from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
 
-METADATA_KEYS = {"bundle", "bundle_name", "bundle_version", "channel_order", "normalisation", "output", "output_meaning"}
+from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
+from raagr2_tools.shipping import FILES, BundleExporter, ExportParityError, head_node_names
+
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
+
+METADATA_KEYS = {
+    "bundle",
+    "bundle_name",
+    "bundle_version",
+    "channel_order",
+    "normalisation",
+    "output",
+    "output_meaning",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +54,10 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
     assert len(report["parity_slices"]) == EXPORT_TEST_SETTINGS["parity_slices"]
     assert any(r["tumour"] for r in report["parity_slices"]) and not all(r["tumour"] for r in report["parity_slices"])
     int8 = report["formats"]["onnx_int8"]
-    assert int8["calibration_slices"] == EXPORT_TEST_SETTINGS["calibration_slices"] and 0 < int8["calibration_tumour_slices"] < 8
+    assert (
+        int8["calibration_slices"] == EXPORT_TEST_SETTINGS["calibration_slices"]
+        and 0 < int8["calibration_tumour_slices"] < 8
+    )
     dice = report["dice"]["mean"]
     for fmt in ("onnx_int8", "onnx_fp16"):
         for region in ("wt", "tc", "et"):
@@ -57,7 +71,8 @@ def test_onnx_is_one_file_with_dynamic_axes_metadata_and_parity(exported_bundles
     path = bundle / "models" / "model.onnx"
     model = onnx.load(str(path), load_external_data=False)
     assert not list(path.parent.glob("*.data")) and not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     for value in (model.graph.input[0], model.graph.output[0]):
         dims = value.type.tensor_type.shape.dim
@@ -78,15 +93,22 @@ def test_onnx_is_one_file_with_dynamic_axes_metadata_and_parity(exported_bundles
 
 
 @pytest.mark.parametrize("name", ["raagr2_baseline", "raagr2_pruned_depgraph_50"])
-def test_int8_is_per_channel_qdq_with_float_head_and_fp16_keeps_float32_io(exported_bundles: dict[str, Path], name: str) -> None:
+def test_int8_is_per_channel_qdq_with_float_head_and_fp16_keeps_float32_io(
+    exported_bundles: dict[str, Path], name: str
+) -> None:
     models = exported_bundles[name] / "models"
     int8 = onnx.load(str(models / "model_int8.onnx"))
     ops = [n.op_type for n in int8.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     inits = {t.name: t for t in int8.graph.initializer}
-    per_channel = [n for n in int8.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
-                   and len(onnx.numpy_helper.to_array(inits[n.input[1]]).shape) == 1
-                   and onnx.numpy_helper.to_array(inits[n.input[1]]).size > 1]
+    per_channel = [
+        n
+        for n in int8.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[1] in inits
+        and len(onnx.numpy_helper.to_array(inits[n.input[1]]).shape) == 1
+        and onnx.numpy_helper.to_array(inits[n.input[1]]).size > 1
+    ]
     assert per_channel, "weights must have per-channel scales"
     head = [n for n in int8.graph.node if n.name in head_node_names(int8)]
     assert head and head[-1].op_type == "Conv"
@@ -112,9 +134,18 @@ def test_inference_backends_give_the_same_label_map(exported_bundles, one_case_d
     maps = {}
     for backend in ("torch", "torchscript", "onnxruntime"):
         out = tmp_path / backend
-        run_bundle([bundle / "configs" / "inference.json"], "inference",
-                   {"bundle_root": bundle, "dataset_dir": REAL_CASES, "data_list_file_path": one_case_datalist,
-                    "output_dir": out, "backend": backend}, cwd=tmp_path)
+        run_bundle(
+            [bundle / "configs" / "inference.json"],
+            "inference",
+            {
+                "bundle_root": bundle,
+                "dataset_dir": REAL_CASES,
+                "data_list_file_path": one_case_datalist,
+                "output_dir": out,
+                "backend": backend,
+            },
+            cwd=tmp_path,
+        )
         assert assert_label_maps_match_inputs(out, one_case_datalist) == 1
         (written,) = out.glob("*_seg.nii.gz")
         maps[backend] = np.asarray(nib.load(written).dataobj)
@@ -129,9 +160,18 @@ def test_brain_options_segment_through_the_bundle(exported_bundles, one_case_dat
     out = {}
     for options in ({}, {"skip_empty_slices": True, "crop_to_brain": True}):
         folder = tmp_path / ("options" if options else "plain")
-        run_bundle([bundle / "configs" / "inference.json"], "inference",
-                   {"bundle_root": bundle, "dataset_dir": REAL_CASES, "data_list_file_path": one_case_datalist,
-                    "output_dir": folder, **options}, cwd=tmp_path)
+        run_bundle(
+            [bundle / "configs" / "inference.json"],
+            "inference",
+            {
+                "bundle_root": bundle,
+                "dataset_dir": REAL_CASES,
+                "data_list_file_path": one_case_datalist,
+                "output_dir": folder,
+                **options,
+            },
+            cwd=tmp_path,
+        )
         (written,) = folder.glob("*_seg.nii.gz")
         out[bool(options)] = np.asarray(nib.load(written).dataobj)
     files = json.loads(one_case_datalist.read_text())["test"][0]["image"]
@@ -146,24 +186,45 @@ def test_brain_options_segment_through_the_bundle(exported_bundles, one_case_dat
 def test_unknown_backend_and_missing_export_fail_clearly(deploy_bundles, one_case_datalist, tmp_path) -> None:
     import shutil
 
-    bundle = shutil.copytree(deploy_bundles["raagr2_shared_depthwise"], tmp_path / "bundle",
-                             ignore=shutil.ignore_patterns("model.onnx", "model.ts"))
-    for backend, expected in (("onnxruntime", "model.onnx, which does not exist"), ("tensorflow", "backend must be one of")):
-        command = bundle_command([bundle / "configs" / "inference.json"], "inference",
-                                 {"bundle_root": bundle, "dataset_dir": REAL_CASES, "backend": backend,
-                                  "data_list_file_path": one_case_datalist, "output_dir": tmp_path / "out"})
+    bundle = shutil.copytree(
+        deploy_bundles["raagr2_shared_depthwise"],
+        tmp_path / "bundle",
+        ignore=shutil.ignore_patterns("model.onnx", "model.ts"),
+    )
+    for backend, expected in (
+        ("onnxruntime", "model.onnx, which does not exist"),
+        ("tensorflow", "backend must be one of"),
+    ):
+        command = bundle_command(
+            [bundle / "configs" / "inference.json"],
+            "inference",
+            {
+                "bundle_root": bundle,
+                "dataset_dir": REAL_CASES,
+                "backend": backend,
+                "data_list_file_path": one_case_datalist,
+                "output_dir": tmp_path / "out",
+            },
+        )
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert result.returncode != 0 and expected in result.stderr + result.stdout, (result.stderr[-2000:])
+        assert result.returncode != 0 and expected in result.stderr + result.stdout, result.stderr[-2000:]
         if backend == "onnxruntime":
             assert "run export" in result.stderr + result.stdout
 
 
-def test_export_without_weights_or_with_a_failing_parity_check_fails_clearly(deploy_bundles, real_datalist, tmp_path) -> None:
+def test_export_without_weights_or_with_a_failing_parity_check_fails_clearly(
+    deploy_bundles, real_datalist, tmp_path
+) -> None:
     import shutil
 
-    bundle = shutil.copytree(deploy_bundles["raagr2_baseline"], tmp_path / "bundle",
-                             ignore=shutil.ignore_patterns("model.onnx", "model_*.onnx", "model.ts", "export_report.*"))
-    exporter = BundleExporter(bundle, REAL_CASES, real_datalist, formats=("onnx",), **{**EXPORT_TEST_SETTINGS, "fp32_atol": 1e-12})
+    bundle = shutil.copytree(
+        deploy_bundles["raagr2_baseline"],
+        tmp_path / "bundle",
+        ignore=shutil.ignore_patterns("model.onnx", "model_*.onnx", "model.ts", "export_report.*"),
+    )
+    exporter = BundleExporter(
+        bundle, REAL_CASES, real_datalist, formats=("onnx",), **{**EXPORT_TEST_SETTINGS, "fp32_atol": 1e-12}
+    )
     with pytest.raises(ExportParityError, match=r"model\.onnx: max \|onnx - PyTorch\|"):
         exporter.run()
     assert not (bundle / "models" / "model.onnx").exists(), "a model that failed its check is not left in models/"

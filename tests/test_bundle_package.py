@@ -13,18 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REAL_CASES, REPO_ROOT, SCHEMA, assert_label_maps_match_inputs
 
-from conftest import REAL_CASES, SCHEMA, assert_label_maps_match_inputs
+from raagr2_tools.jobs.bundle_cli import run_bundle
 from raagr2_tools.shipping import ZOO_CHECKS, BundlePackager, PackagingError, verify_bundle
 from raagr2_tools.shipping.package import MODEL_FILES
 from raagr2_tools.shipping.zoo_checks import bundle_on_sys_path
-from raagr2_tools.jobs.bundle_cli import run_bundle
 
 #: a child process that cannot see this repository: its packages blocked, its folder off sys.path; it then runs
 #: ``python -m monai.bundle <argv>`` and reports what it tried to import from the repository
 NO_REPO_RUNNER = r"""
 import os, runpy, sys
-blocked = ("custom_modules", "data_prep", "benchmarks")
+
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
+blocked = ("custom_modules", "raagr2_tools", "data_prep", "benchmarks")
 attempts = []
 
 class Blocker:
@@ -57,16 +60,25 @@ def packaged(deploy_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathF
     bundle = _bundle_copy(deploy_bundles["raagr2_baseline"], root / "raagr2_baseline")
     models = bundle / "models"
     if not (models / "model.ts").is_file():
-        ckpt_export(net_id="network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model.pt"),
-                    meta_file=str(bundle / "configs" / "metadata.json"),
-                    config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle))
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(models / "model.ts"),
+            ckpt_file=str(models / "model.pt"),
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            config_file=str(bundle / "configs" / "inference.json"),
+            bundle_root=str(bundle),
+        )
     for stays_behind in ("checkpoint_last.pt", "verify_model.ts"):
         (models / stays_behind).write_bytes(b"x")
     (bundle / "variant.json").write_text("{}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        run_bundle([bundle / "configs" / "export.json"], "package",
-                   {"bundle_root": bundle, "output_dir": root / "dist"}, cwd=root)
+        run_bundle(
+            [bundle / "configs" / "export.json"],
+            "package",
+            {"bundle_root": bundle, "output_dir": root / "dist"},
+            cwd=root,
+        )
     archive = root / "dist" / "raagr2_baseline.zip"
     unzipped = tmp_path_factory.mktemp("unzipped")
     with zipfile.ZipFile(archive) as z:
@@ -83,10 +95,18 @@ def test_zip_holds_the_bundle_and_only_the_custom_code_it_needs(packaged: tuple[
     assert {"model.pt", "model.ts"} <= {p.name for p in (bundle / "models").iterdir()}
     assert {"inference.json", "metadata.json", "logging.conf"} <= {p.name for p in (bundle / "configs").iterdir()}
     scripts = bundle / "scripts"
-    assert (scripts / "networks" / "raagr2net.py").is_file() and (scripts / "networks" / "blocks" / "__init__.py").is_file()
-    assert not (scripts / "workflows").exists(), "modules the configs do not need stay behind"
-    for path in [*scripts.rglob("*.py"), *(bundle / "configs").glob("*.json")]:
-        assert "custom_modules" not in path.read_text(), path
+    assert (scripts / "networks" / "raagr2net.py").is_file() and (
+        scripts / "networks" / "blocks" / "__init__.py"
+    ).is_file()
+    runtime = REPO_ROOT / "custom_modules"
+    shipped = sorted(p.relative_to(scripts) for p in scripts.rglob("*.py"))
+    assert shipped == sorted(p.relative_to(runtime) for p in runtime.rglob("*.py"))  # the runtime layer, whole
+    for relative in shipped:  # copied as it is: no rewriting of Python source
+        assert (scripts / relative).read_bytes() == (runtime / relative).read_bytes(), relative
+    assert not any(n.endswith("package.py") or "/compression/" in n or "/shipping/" in n for n in names)
+    assert {"export.json", "compress.json"}.isdisjoint(p.name for p in (bundle / "configs").iterdir())
+    for path in (bundle / "configs").glob("*.json"):
+        assert "custom_modules" not in path.read_text() and "raagr2_tools" not in path.read_text(), path
     for path in (bundle / "configs").glob("*.json"):
         text = path.read_text()
         assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=False) + "\n", path
@@ -110,9 +130,24 @@ def test_unzipped_bundle_segments_real_cases_without_the_repository(
     cwd, out = tmp_path / "cwd", tmp_path / "predictions"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", NO_REPO_RUNNER, "run", "--config_file", str(bundle / "configs" / "inference.json"),
-               "--dataset_dir", str(REAL_CASES), "--data_list_file_path", str(real_datalist), "--output_dir", str(out),
-               "--skip_empty_slices", "True", "--crop_to_brain", "True"]  # the fast path: seconds, not a minute
+    command = [
+        sys.executable,
+        "-c",
+        NO_REPO_RUNNER,
+        "run",
+        "--config_file",
+        str(bundle / "configs" / "inference.json"),
+        "--dataset_dir",
+        str(REAL_CASES),
+        "--data_list_file_path",
+        str(real_datalist),
+        "--output_dir",
+        str(out),
+        "--skip_empty_slices",
+        "True",
+        "--crop_to_brain",
+        "True",
+    ]  # the fast path: seconds, not a minute
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "REPO_IMPORTS []" in result.stdout, result.stdout[-2000:]
@@ -160,4 +195,3 @@ def test_self_check_rejects_code_that_needs_the_repository(deploy_bundles: dict[
     with pytest.raises(PackagingError, match=r"(?s)self-check of the packaged raagr2_baseline.*data_prep"):
         BundlePackager(bundle, tmp_path / "dist").run()
     assert not list((tmp_path / "dist").glob("*.zip"))
-

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REAL_CASES, REPO_ROOT, SCHEMA, TINY, assert_label_maps_match_inputs
-from raagr2_tools.authoring.config import bundle_network
+
 from custom_modules.networks import RAAGR2Net
+from raagr2_tools.authoring.config import bundle_network
 from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
+
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
 
 PRUNED = REPO_ROOT / "bundles" / "raagr2_pruned"
 COMPRESS = [PRUNED / "configs" / "train.json", PRUNED / "configs" / "compress.json"]
@@ -53,14 +56,25 @@ def single_threaded_children():
 def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Randomly initialised (seeded) tiny teacher state_dicts of both variants."""
     root = tmp_path_factory.mktemp("teachers")
-    return {"baseline": _save_teacher(root / "baseline.pt", "none"),
-            "shared_depthwise": _save_teacher(root / "shared.pt", "depthwise")}
+    return {
+        "baseline": _save_teacher(root / "baseline.pt", "none"),
+        "shared_depthwise": _save_teacher(root / "shared.pt", "depthwise"),
+    }
 
 
 def _compress_command(dataset: tuple[Path, Path], teacher: Path, output_dir: Path, **settings) -> list[str]:
     dataset_dir, datalist = dataset
-    overrides = {**TINY, "bundle_root": PRUNED, "dataset_dir": dataset_dir, "data_list_file_path": datalist,
-                 "teacher_ckpt": teacher, "output_dir": output_dir, "epochs": 1, "measure_latency": False, **settings}
+    overrides = {
+        **TINY,
+        "bundle_root": PRUNED,
+        "dataset_dir": dataset_dir,
+        "data_list_file_path": datalist,
+        "teacher_ckpt": teacher,
+        "output_dir": output_dir,
+        "epochs": 1,
+        "measure_latency": False,
+        **settings,
+    }
     return bundle_command(COMPRESS, "compress", overrides)
 
 
@@ -73,8 +87,17 @@ def _compress(dataset, teacher: Path, output_dir: Path, cwd: Path, **settings) -
 def depgraph_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dataset, teachers) -> Path:
     """``raagr2_pruned_depgraph_50``: DepGraph, 2 iterative steps to 50%, baseline variant (run once)."""
     out = tmp_path_factory.mktemp("compress_depgraph")
-    result = _compress(phantom_dataset, teachers["baseline"], out, tmp_path_factory.mktemp("cwd"), method="depgraph",
-                       ratio=0.5, schedule="iterative", iterative_steps=2, variant="baseline")
+    result = _compress(
+        phantom_dataset,
+        teachers["baseline"],
+        out,
+        tmp_path_factory.mktemp("cwd"),
+        method="depgraph",
+        ratio=0.5,
+        schedule="iterative",
+        iterative_steps=2,
+        variant="baseline",
+    )
     assert result.returncode == 0, _tail(result)
     return out / "raagr2_pruned_depgraph_50"
 
@@ -83,8 +106,16 @@ def depgraph_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dataset, t
 def snip_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dataset, teachers) -> Path:
     """``raagr2_pruned_snip_50_shared``: unstructured SNIP masks, one shot, shared-depthwise variant."""
     out = tmp_path_factory.mktemp("compress_snip")
-    result = _compress(phantom_dataset, teachers["shared_depthwise"], out, tmp_path_factory.mktemp("cwd"),
-                       method="snip", ratio=0.5, schedule="oneshot", variant="shared_depthwise")
+    result = _compress(
+        phantom_dataset,
+        teachers["shared_depthwise"],
+        out,
+        tmp_path_factory.mktemp("cwd"),
+        method="snip",
+        ratio=0.5,
+        schedule="oneshot",
+        variant="shared_depthwise",
+    )
     assert result.returncode == 0, _tail(result)
     return out / "raagr2_pruned_snip_50_shared"
 
@@ -96,9 +127,16 @@ def snip_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dataset, teach
 def test_structured_run_writes_bundle_report_and_work_dir(depgraph_bundle: Path, teachers) -> None:
     for name in (*BUNDLE_CONFIGS, HISTORY_NAME):
         assert (depgraph_bundle / "configs" / name).is_file(), name
-    assert not (depgraph_bundle / "configs" / "compress.json").exists(), "the compression step is not part of the bundle"
-    for name in ("models/model.pt", "docs/compression_report.json", "docs/compression_report.md",
-                 "docs/compression_report.png", "LICENSE"):
+    assert not (depgraph_bundle / "configs" / "compress.json").exists(), (
+        "the compression step is not part of the bundle"
+    )
+    for name in (
+        "models/model.pt",
+        "docs/compression_report.json",
+        "docs/compression_report.md",
+        "docs/compression_report.png",
+        "LICENSE",
+    ):
         assert (depgraph_bundle / name).is_file(), name
     state = torch.load(depgraph_bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and state["head.weight"].shape[0] == 3  # a plain state_dict
@@ -107,10 +145,17 @@ def test_structured_run_writes_bundle_report_and_work_dir(depgraph_bundle: Path,
 
     meta = json.loads((depgraph_bundle / "configs" / "metadata.json").read_text())
     comp = meta["compression"]
-    assert (comp["method"], comp["ratio"], comp["schedule"], comp["variant"]) == ("depgraph", 0.5, "iterative", "baseline")
+    assert (comp["method"], comp["ratio"], comp["schedule"], comp["variant"]) == (
+        "depgraph",
+        0.5,
+        "iterative",
+        "baseline",
+    )
     assert comp["teacher"] == str(teachers["baseline"])
-    teacher_params = sum(v.numel() for v in RAAGR2Net(out_channels=3, sigmoid=False,
-                                                        features=tuple(TINY["network_def#features"])).parameters())
+    teacher_params = sum(
+        v.numel()
+        for v in RAAGR2Net(out_channels=3, sigmoid=False, features=tuple(TINY["network_def#features"])).parameters()
+    )
     assert comp["teacher_params"] == teacher_params
     assert 0 < comp["params"] < teacher_params and 0 < comp["flops"] < comp["teacher_flops"]
 
@@ -134,14 +179,41 @@ def test_structured_metadata_and_network_shapes_verify(depgraph_bundle: Path, tm
     schema = tmp_path / "schema.json"
     shutil.copy(SCHEMA, schema)  # verify_metadata skips the download when the file exists
     meta = str(depgraph_bundle / "configs" / "metadata.json")
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta,
-                             "--filepath", str(schema)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr, _tail(result)
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "--net_id", "network_def",
-                             "--meta_file", meta, "--config_file", str(depgraph_bundle / "configs" / "inference.json"),
-                             "--bundle_root", str(depgraph_bundle), "--n", "2"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "data shape of network is verified" in result.stdout + result.stderr, _tail(result)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath", str(schema)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr, _tail(
+        result
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "--net_id",
+            "network_def",
+            "--meta_file",
+            meta,
+            "--config_file",
+            str(depgraph_bundle / "configs" / "inference.json"),
+            "--bundle_root",
+            str(depgraph_bundle),
+            "--n",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "data shape of network is verified" in result.stdout + result.stderr, _tail(
+        result
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,8 +244,9 @@ def test_pruned_bundle_loads_in_fresh_process_from_its_folder(depgraph_bundle: P
     elsewhere.mkdir()
     script = elsewhere / "load.py"
     script.write_text(LOAD_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(copy)], cwd=elsewhere, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script), str(copy)], cwd=elsewhere, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, _tail(result)
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     meta = json.loads((copy / "configs" / "metadata.json").read_text())
@@ -190,9 +263,12 @@ def trained_pruned(tmp_path_factory: pytest.TempPathFactory, depgraph_bundle: Pa
     root = tmp_path_factory.mktemp("pruned_trained") / depgraph_bundle.name
     shutil.copytree(depgraph_bundle, root)
     dataset_dir, datalist = phantom_dataset
-    run_bundle([root / "configs" / "train.json"], "training",
-               {**TINY_PRUNED, "bundle_root": root, "dataset_dir": dataset_dir, "data_list_file_path": datalist,
-                "epochs": 1}, cwd=tmp_path_factory.mktemp("cwd"))
+    run_bundle(
+        [root / "configs" / "train.json"],
+        "training",
+        {**TINY_PRUNED, "bundle_root": root, "dataset_dir": dataset_dir, "data_list_file_path": datalist, "epochs": 1},
+        cwd=tmp_path_factory.mktemp("cwd"),
+    )
     return root
 
 
@@ -204,9 +280,18 @@ def test_pruned_bundle_trains_and_evaluates(trained_pruned: Path, phantom_datase
     assert (trained_pruned / "eval" / "val_per_case_metrics.json").is_file()
 
     dataset_dir, datalist = phantom_dataset
-    run_bundle([trained_pruned / "configs" / "train.json", trained_pruned / "configs" / "evaluate.json"], "run",
-               {**TINY_PRUNED, "bundle_root": trained_pruned, "dataset_dir": dataset_dir,
-                "data_list_file_path": datalist, "output_dir": tmp_path / "eval"}, cwd=tmp_path)
+    run_bundle(
+        [trained_pruned / "configs" / "train.json", trained_pruned / "configs" / "evaluate.json"],
+        "run",
+        {
+            **TINY_PRUNED,
+            "bundle_root": trained_pruned,
+            "dataset_dir": dataset_dir,
+            "data_list_file_path": datalist,
+            "output_dir": tmp_path / "eval",
+        },
+        cwd=tmp_path,
+    )
     report = json.loads((tmp_path / "eval" / "per_case_metrics.json").read_text())
     expected = sorted(c["case_id"] for c in json.loads(datalist.read_text())["test"])
     assert sorted(c["case"] for c in report["cases"]) == expected
@@ -215,9 +300,18 @@ def test_pruned_bundle_trains_and_evaluates(trained_pruned: Path, phantom_datase
 
 
 def test_pruned_bundle_infers_real_cases(trained_pruned: Path, real_datalist: Path, tmp_path: Path) -> None:
-    run_bundle([trained_pruned / "configs" / "inference.json"], "inference",
-               {"bundle_root": trained_pruned, "dataset_dir": REAL_CASES, "data_list_file_path": real_datalist,
-                "num_workers": 0, "output_dir": tmp_path / "pred"}, cwd=tmp_path)
+    run_bundle(
+        [trained_pruned / "configs" / "inference.json"],
+        "inference",
+        {
+            "bundle_root": trained_pruned,
+            "dataset_dir": REAL_CASES,
+            "data_list_file_path": real_datalist,
+            "num_workers": 0,
+            "output_dir": tmp_path / "pred",
+        },
+        cwd=tmp_path,
+    )
     assert assert_label_maps_match_inputs(tmp_path / "pred", real_datalist) == 2
 
 
@@ -229,10 +323,23 @@ def _trained_network(bundle: Path) -> torch.nn.Module:
 
 def test_pruned_bundle_ckpt_export_torchscript(trained_pruned: Path, tmp_path: Path) -> None:
     ts_file = tmp_path / "model.ts"
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_file),
-               "--ckpt_file", str(trained_pruned / "models" / "model.pt"),
-               "--meta_file", str(trained_pruned / "configs" / "metadata.json"),
-               "--config_file", str(trained_pruned / "configs" / "inference.json"), "--bundle_root", str(trained_pruned)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts_file),
+        "--ckpt_file",
+        str(trained_pruned / "models" / "model.pt"),
+        "--meta_file",
+        str(trained_pruned / "configs" / "metadata.json"),
+        "--config_file",
+        str(trained_pruned / "configs" / "inference.json"),
+        "--bundle_root",
+        str(trained_pruned),
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, _tail(result)
     scripted = torch.jit.load(str(ts_file), map_location="cpu").eval()
@@ -249,12 +356,33 @@ def test_pruned_bundle_onnx_export(trained_pruned: Path, tmp_path: Path) -> None
     from raagr2_tools.shipping import ONNX_DYNAMIC_AXES, onnx_max_abs_diff
 
     onnx_file = tmp_path / "model.onnx"
-    converter = {"input_names": ["image"], "output_names": ["pred"], "dynamic_axes": ONNX_DYNAMIC_AXES, "opset_version": 18}
-    command = [sys.executable, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(onnx_file),
-               "--ckpt_file", str(trained_pruned / "models" / "model.pt"),
-               "--meta_file", str(trained_pruned / "configs" / "metadata.json"),
-               "--config_file", str(trained_pruned / "configs" / "inference.json"), "--bundle_root", str(trained_pruned),
-               "--input_shape", "[1, 4, 32, 32]", "--converter_kwargs", json.dumps(converter)]
+    converter = {
+        "input_names": ["image"],
+        "output_names": ["pred"],
+        "dynamic_axes": ONNX_DYNAMIC_AXES,
+        "opset_version": 18,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "onnx_export",
+        "network_def",
+        "--filepath",
+        str(onnx_file),
+        "--ckpt_file",
+        str(trained_pruned / "models" / "model.pt"),
+        "--meta_file",
+        str(trained_pruned / "configs" / "metadata.json"),
+        "--config_file",
+        str(trained_pruned / "configs" / "inference.json"),
+        "--bundle_root",
+        str(trained_pruned),
+        "--input_shape",
+        "[1, 4, 32, 32]",
+        "--converter_kwargs",
+        json.dumps(converter),
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, _tail(result)
     net = _trained_network(trained_pruned)
@@ -271,8 +399,14 @@ def test_snip_run_keeps_masks_and_plain_network(snip_bundle: Path) -> None:
     assert snip["masked_weights"] > 0
     assert snip["zeros_after_finetune"] == snip["zeros_before_finetune"] == snip["masked_weights"]
     assert not (snip_bundle / "configs" / HISTORY_NAME).exists()
-    plain = {"_target_": "custom_modules.networks.RAAGR2Net", "in_channels": 4, "out_channels": 3,
-             "features": TINY["network_def#features"], "sigmoid": False, "sharing": "depthwise"}
+    plain = {
+        "_target_": "custom_modules.networks.RAAGR2Net",
+        "in_channels": 4,
+        "out_channels": 3,
+        "features": TINY["network_def#features"],
+        "sigmoid": False,
+        "sharing": "depthwise",
+    }
     for name in ("inference.json", "train.json"):
         network_def = json.loads((snip_bundle / "configs" / name).read_text())["network_def"]
         assert {k: network_def.get(k) for k in plain} == plain, name
@@ -294,8 +428,16 @@ def test_snip_run_keeps_masks_and_plain_network(snip_bundle: Path) -> None:
 
 def test_wrong_variant_teacher_and_missing_teacher_fail_clearly(phantom_dataset, teachers, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _compress(phantom_dataset, teachers["baseline"], out, tmp_path, method="depgraph", ratio=0.5,
-                       schedule="oneshot", variant="shared_depthwise")
+    result = _compress(
+        phantom_dataset,
+        teachers["baseline"],
+        out,
+        tmp_path,
+        method="depgraph",
+        ratio=0.5,
+        schedule="oneshot",
+        variant="shared_depthwise",
+    )
     assert result.returncode != 0
     text = result.stdout + result.stderr
     # the error line itself (the config echo at start-up also lists the path and the variant, on separate lines)
@@ -303,8 +445,9 @@ def test_wrong_variant_teacher_and_missing_teacher_fail_clearly(phantom_dataset,
     assert not (out / "raagr2_pruned_depgraph_50_shared").exists()
 
     missing = tmp_path / "nowhere" / "model.pt"
-    result = _compress(phantom_dataset, missing, out, tmp_path, method="depgraph", ratio=0.5, schedule="oneshot",
-                       variant="baseline")
+    result = _compress(
+        phantom_dataset, missing, out, tmp_path, method="depgraph", ratio=0.5, schedule="oneshot", variant="baseline"
+    )
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert any(str(missing) in line and "not found" in line for line in text.splitlines()), _tail(result)
@@ -317,8 +460,15 @@ def test_wrong_variant_teacher_and_missing_teacher_fail_clearly(phantom_dataset,
 
 def test_killed_compression_resumes(phantom_dataset, teachers, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = _compress_command(phantom_dataset, teachers["baseline"], out, method="magnitude_l1", ratio=0.3,
-                                schedule="layerwise", variant="baseline")
+    command = _compress_command(
+        phantom_dataset,
+        teachers["baseline"],
+        out,
+        method="magnitude_l1",
+        ratio=0.3,
+        schedule="layerwise",
+        variant="baseline",
+    )
     name = "raagr2_pruned_magnitude_l1_30"
     progress_file = out / f"{name}.work" / "progress.json"
 
@@ -334,8 +484,9 @@ def test_killed_compression_resumes(phantom_dataset, teachers, tmp_path: Path) -
             deadline = time.time() + 600
             while done() < 1 and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
-            assert proc.poll() is None, "the first run ended before it could be killed: " + \
-                (tmp_path / "first_run.log").read_text()[-3000:]
+            assert proc.poll() is None, (
+                "the first run ended before it could be killed: " + (tmp_path / "first_run.log").read_text()[-3000:]
+            )
             assert done() >= 1, "no finished step before the kill"
             proc.send_signal(signal.SIGKILL)
         finally:

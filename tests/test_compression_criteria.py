@@ -12,6 +12,15 @@ from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from torch import nn
 
+from custom_modules.losses import WeightedBCEDiceLoss
+from custom_modules.networks import RAAGR2Net
+from custom_modules.networks.pruned.structure import (
+    fix_untracked_concat_inputs,
+    input_bound_layers,
+    shared_kernel_parameters,
+    split_grouped_convs,
+)
+from raagr2_tools.compression import attach_training_hooks
 from raagr2_tools.compression.criteria import (
     METHODS,
     LRPImportance,
@@ -22,15 +31,6 @@ from raagr2_tools.compression.criteria import (
     make_importance,
     pruner_class,
 )
-from custom_modules.networks.pruned.structure import (
-    fix_untracked_concat_inputs,
-    input_bound_layers,
-    shared_kernel_parameters,
-    split_grouped_convs,
-)
-from custom_modules.losses import WeightedBCEDiceLoss
-from raagr2_tools.compression import TrainingHooks, attach_training_hooks
-from custom_modules.networks import RAAGR2Net
 
 TINY = (4, 8, 16, 32, 64)
 STRUCTURED = tuple(m for m in METHODS if m != "snip")
@@ -50,7 +50,10 @@ def tiny_net(sharing: str = "none", seed: int = 0, **kwargs) -> nn.Module:
 def random_batches(n: int = 2, batch: int = 2, seed: int = 1) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
-        {"image": torch.randn(batch, 4, 32, 32, generator=g), "label": (torch.rand(batch, 3, 32, 32, generator=g) > 0.7).float()}
+        {
+            "image": torch.randn(batch, 4, 32, 32, generator=g),
+            "label": (torch.rand(batch, 3, 32, 32, generator=g) > 0.7).float(),
+        }
         for _ in range(n)
     ]
 
@@ -95,7 +98,11 @@ def test_make_importance_refusals(nets: dict[str, nn.Module]) -> None:
 def test_importance_types(nets: dict[str, nn.Module]) -> None:
     net = copy.deepcopy(nets["none"])
     l1 = make_importance(get_criterion("magnitude_l1"), net)
-    assert isinstance(l1, tp.importance.GroupMagnitudeImportance) and (l1.p, l1.group_reduction, l1.normalizer) == (1, "first", None)
+    assert isinstance(l1, tp.importance.GroupMagnitudeImportance) and (l1.p, l1.group_reduction, l1.normalizer) == (
+        1,
+        "first",
+        None,
+    )
     dg = make_importance(get_criterion("depgraph"), net)
     assert (dg.p, dg.group_reduction, dg.normalizer) == (2, "mean", "mean")
     assert isinstance(make_importance(get_criterion("slimming"), net), tp.importance.BNScaleImportance)
@@ -148,7 +155,11 @@ def lrp0_conv(x: torch.Tensor, conv: nn.Conv2d, relevance: torch.Tensor) -> torc
 
 def test_lrp_conservation_and_explicit_rule() -> None:
     torch.manual_seed(0)
-    c1, c2, c3 = nn.Conv2d(2, 5, 3, padding=1, bias=False), nn.Conv2d(5, 6, 3, padding=2, dilation=2, bias=False), nn.Conv2d(6, 3, 1, bias=False)
+    c1, c2, c3 = (
+        nn.Conv2d(2, 5, 3, padding=1, bias=False),
+        nn.Conv2d(5, 6, 3, padding=2, dilation=2, bias=False),
+        nn.Conv2d(6, 3, 1, bias=False),
+    )
     net = nn.Sequential(c1, nn.ReLU(), c2, nn.ReLU(), c3).double().eval()
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     label = (torch.rand(2, 3, 8, 8) > 0.5).double()
@@ -248,7 +259,9 @@ def train_gammas(regularize: bool, iterations: int, lr: float, reg: float) -> to
 
 def test_slimming_regularizer_pushes_gammas_to_zero() -> None:
     lr, reg = 0.1, 1e-2
-    gamma0 = torch.cat([m.weight.detach().flatten() for m in tiny_net(dropout=0.0).modules() if isinstance(m, nn.BatchNorm2d)])
+    gamma0 = torch.cat(
+        [m.weight.detach().flatten() for m in tiny_net(dropout=0.0).modules() if isinstance(m, nn.BatchNorm2d)]
+    )
     plain1, slim1 = train_gammas(False, 1, lr, reg), train_gammas(True, 1, lr, reg)
     assert torch.allclose(slim1, plain1 - lr * reg * torch.sign(gamma0), atol=1e-6)  # exactly one L1 subgradient step
     plain2, slim2 = train_gammas(False, 2, lr, reg), train_gammas(True, 2, lr, reg)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raagr2_tools.compression.distillation import KnowledgeDistillationLoss, attention_map
 from custom_modules.losses import WeightedBCEDiceLoss
 from custom_modules.networks import RAAGR2Net
+from raagr2_tools.compression.distillation import KnowledgeDistillationLoss, attention_map
 
 TEACHER_FEATURES = (4, 8, 16, 32, 64)
 #: narrower than the teacher at enc5/dec5/dec4/dec3 (level 1 must stay a multiple of the 4 input channels)

@@ -12,10 +12,15 @@ import torch_pruning as tp
 from torch import nn
 
 from custom_modules.networks import RAAGR2Net, count_flops
-from custom_modules.networks.pruned import build_dependency_graph, merge_split_convs, pruned_network, split_grouped_convs
+from custom_modules.networks.blocks.shared_reaspp import SharedDepthwiseKernel
+from custom_modules.networks.pruned import (
+    build_dependency_graph,
+    merge_split_convs,
+    pruned_network,
+    split_grouped_convs,
+)
 from custom_modules.networks.pruned.structure import SplitGroupedConv, input_bound_layers, is_multiplier_conv
 from raagr2_tools.compression import LAYER_GROUPS, StructuredPruner, make_schedule
-from custom_modules.networks.blocks.shared_reaspp import SharedDepthwiseKernel
 from raagr2_tools.reports.compression import render_compression_markdown
 
 SMALL = dict(features=(8, 16, 32, 64, 128), out_channels=3, sigmoid=False)
@@ -53,7 +58,9 @@ def test_plain_torch_pruning_breaks_on_the_multiplier_convs() -> None:
     """Regression guard: torch-pruning 1.6.1 alone cannot prune the unmodified network (compression notes
     1.7). If an upgrade fixes this, this test fails and the structural fix can be reconsidered."""
     net = trained_like(RAAGR2Net(**SMALL))
-    pruner = tp.pruner.BasePruner(net, torch.randn(1, 4, 32, 32), importance=magnitude(), pruning_ratio=0.5, ignored_layers=[net.head])
+    pruner = tp.pruner.BasePruner(
+        net, torch.randn(1, 4, 32, 32), importance=magnitude(), pruning_ratio=0.5, ignored_layers=[net.head]
+    )
     with pytest.raises(IndexError):
         pruner.step()
 
@@ -61,6 +68,7 @@ def test_plain_torch_pruning_breaks_on_the_multiplier_convs() -> None:
 def test_plain_torch_pruning_breaks_on_the_enc1_concat_with_the_input() -> None:
     """With the multiplier convs split, plain torch-pruning still mis-prunes enc1's ``cat([branches, image])``
     (no offsets for the untracked input); :func:`fix_untracked_concat_inputs` repairs exactly that."""
+
     def prune(fix: bool) -> nn.Module:
         net = trained_like(RAAGR2Net(**SMALL))
         split_grouped_convs(net)
@@ -97,7 +105,9 @@ def test_whole_network_is_pruned_including_enc1_and_multiplier_convs(sharing: st
     if sharing == "none":
         grouped = [row for row in channels.values() if row["type"] == "GroupedConv2d"]
         assert len(grouped) == 10
-        assert all(r["kept_out_channels"] < r["teacher_out_channels"] for r in grouped if not r["name"].startswith("enc1."))
+        assert all(
+            r["kept_out_channels"] < r["teacher_out_channels"] for r in grouped if not r["name"].startswith("enc1.")
+        )
     else:
         kernels = [row for row in channels.values() if row["type"] == "SharedDepthwiseKernel"]
         assert len(kernels) == 5 and all(r["kept_out_channels"] < r["teacher_out_channels"] for r in kernels[1:])
@@ -124,7 +134,11 @@ def test_schedules_reach_the_target_widths(schedule: str) -> None:
     params = [r["params"] for r in records]
     assert params == sorted(params, reverse=True) and len(set(params)) == len(params)
     for row in pruner.layer_channels():
-        if row["name"] != "head" and not row["name"].startswith("enc1.branches.0") and not row["name"].startswith("enc1.branches.1"):
+        if (
+            row["name"] != "head"
+            and not row["name"].startswith("enc1.branches.0")
+            and not row["name"].startswith("enc1.branches.1")
+        ):
             assert row["kept_out_channels"] == pytest.approx(row["teacher_out_channels"] * 0.5, abs=1), row
 
 
@@ -132,7 +146,9 @@ def test_layerwise_step_prunes_only_its_group() -> None:
     net = trained_like(RAAGR2Net(**SMALL))
     pruner = StructuredPruner(net, (1, 4, 32, 32), onnx_check=False)
     pruner.step(magnitude(), make_schedule("layerwise", 0.5)[0])  # level5: enc5 only
-    changed = {r["name"].split(".")[0] for r in pruner.layer_channels() if r["kept_out_channels"] < r["teacher_out_channels"]}
+    changed = {
+        r["name"].split(".")[0] for r in pruner.layer_channels() if r["kept_out_channels"] < r["teacher_out_channels"]
+    }
     assert changed == set(LAYER_GROUPS["level5"])
 
 
@@ -187,13 +203,24 @@ def test_full_size_targets_at_channel_ratio_half(sharing: str, max_params: int, 
     shape = (1, 4, 192, 192)
     pruner = StructuredPruner(net, shape)
     record = pruner.step(magnitude(), make_schedule("oneshot", 0.5)[0])
-    baseline_flops = pruner.teacher_flops if sharing == "none" else count_flops(RAAGR2Net(out_channels=3, sigmoid=False), shape)
+    baseline_flops = (
+        pruner.teacher_flops if sharing == "none" else count_flops(RAAGR2Net(out_channels=3, sigmoid=False), shape)
+    )
     report = {
         "bundle": f"full-size {sharing} at channel ratio 0.5",
-        "method": "depgraph", "ratio": 0.5, "schedule": "oneshot", "allocation": "uniform", "variant": sharing,
-        "flop_counter": "torch.utils.flop_counter.FlopCounterMode (FLOPs = 2 x MACs)", "input_shape": list(shape),
+        "method": "depgraph",
+        "ratio": 0.5,
+        "schedule": "oneshot",
+        "allocation": "uniform",
+        "variant": sharing,
+        "flop_counter": "torch.utils.flop_counter.FlopCounterMode (FLOPs = 2 x MACs)",
+        "input_shape": list(shape),
         "complexity": {
-            "teacher": {"params": pruner.teacher_params, "nonzero_params": pruner.teacher_params, "flops": pruner.teacher_flops},
+            "teacher": {
+                "params": pruner.teacher_params,
+                "nonzero_params": pruner.teacher_params,
+                "flops": pruner.teacher_flops,
+            },
             "pruned": {"params": record["params"], "nonzero_params": record["params"], "flops": record["flops"]},
         },
         "steps": [record],

@@ -97,12 +97,18 @@ def run_loop(template: nn.Module, method: str, schedule: str, batch, loss_fn):
     teacher = copy.deepcopy(template).eval().requires_grad_(False)
     net = copy.deepcopy(template)
     callbacks = PlainCallbacks(net, teacher, batch, loss_fn)
-    pruning = PruningSettings(method=method, ratio=RATIO, schedule=schedule, iterative_steps=2, onnx_check=False,
-                              example_size=SHAPE[2:])
+    pruning = PruningSettings(
+        method=method, ratio=RATIO, schedule=schedule, iterative_steps=2, onnx_check=False, example_size=SHAPE[2:]
+    )
     loop = CompressionLoop(
-        net, teacher, loss_fn, pruning, FineTuneSettings(epochs=1),
+        net,
+        teacher,
+        loss_fn,
+        pruning,
+        FineTuneSettings(epochs=1),
         LoopCallbacks(callbacks.scoring_batches, callbacks.finetune, callbacks.evaluate),
-        final_onnx_exporter=None, measure_latency=False,
+        final_onnx_exporter=None,
+        measure_latency=False,
     )
     outcome = loop.run()
     return net, outcome, callbacks

@@ -45,15 +45,36 @@ def _report():
             "finetuned": {"wt": 3.75, "tc": 4.0, "et": 2.5},
         },
         "steps": [
-            {"step": 1, "target_ratio": 0.15, "layers": "all", "params": 6_500_000, "flops": 43_000_000_000,
-             "onnx_max_abs_diff": 1.5e-6},
-            {"step": 2, "target_ratio": 0.3, "layers": ["enc1", "dec2"], "params": 4_455_650,
-             "flops": 27_000_000_000, "onnx_max_abs_diff": 2.25e-6},
+            {
+                "step": 1,
+                "target_ratio": 0.15,
+                "layers": "all",
+                "params": 6_500_000,
+                "flops": 43_000_000_000,
+                "onnx_max_abs_diff": 1.5e-6,
+            },
+            {
+                "step": 2,
+                "target_ratio": 0.3,
+                "layers": ["enc1", "dec2"],
+                "params": 4_455_650,
+                "flops": 27_000_000_000,
+                "onnx_max_abs_diff": 2.25e-6,
+            },
         ],
-        "snip": {"sparsity": 0.3, "masked_weights": 2_673_390, "zeros_before_finetune": 2_673_400,
-                 "zeros_after_finetune": 2_673_395},
-        "finetune": {"epochs_per_step": 5, "distillation": True, "alpha": 0.5, "temperature": 2.0,
-                     "feature_weight": 0.0},
+        "snip": {
+            "sparsity": 0.3,
+            "masked_weights": 2_673_390,
+            "zeros_before_finetune": 2_673_400,
+            "zeros_after_finetune": 2_673_395,
+        },
+        "finetune": {
+            "epochs_per_step": 5,
+            "distillation": True,
+            "alpha": 0.5,
+            "temperature": 2.0,
+            "feature_weight": 0.0,
+        },
     }
 
 

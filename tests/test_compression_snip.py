@@ -9,6 +9,10 @@ import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
 
+from custom_modules.losses import WeightedBCEDiceLoss
+from custom_modules.networks import RAAGR2Net
+from custom_modules.networks.pruned.structure import split_grouped_convs
+from raagr2_tools.compression import TrainingHooks, attach_training_hooks
 from raagr2_tools.compression.snip import (
     MaskEnforcer,
     apply_masks,
@@ -18,10 +22,6 @@ from raagr2_tools.compression.snip import (
     snip_masks,
     snip_saliency,
 )
-from custom_modules.networks.pruned.structure import split_grouped_convs
-from custom_modules.losses import WeightedBCEDiceLoss
-from raagr2_tools.compression import TrainingHooks, attach_training_hooks
-from custom_modules.networks import RAAGR2Net
 
 LOSS = WeightedBCEDiceLoss(sigmoid=True)
 
@@ -67,7 +67,9 @@ def test_saliency_scores_conv_weights_only(sharing: str) -> None:
 
 def test_saliency_is_weight_times_gradient_with_batch_statistics() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(6, 3, 1))
+    net = nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(6, 3, 1)
+    )
     net.eval()
     batch = random_batch()
     saliency = snip_saliency(net, batch, LOSS)
@@ -123,7 +125,9 @@ def test_mask_argument_errors() -> None:
 def test_iterative_snip_hits_target_and_leaves_net(allocation: str) -> None:
     net = tiny_net()
     state = snapshot(net)
-    masks = iterative_snip_masks(net, random_batch(), LOSS, sparsity=0.9, steps=3, exclude=[net.head], allocation=allocation)
+    masks = iterative_snip_masks(
+        net, random_batch(), LOSS, sparsity=0.9, steps=3, exclude=[net.head], allocation=allocation
+    )
     weights = scored_weights(net, exclude=[net.head])
     assert set(masks) == set(weights)
     n = sum(w.numel() for w in weights.values())
@@ -135,7 +139,9 @@ def test_iterative_snip_hits_target_and_leaves_net(allocation: str) -> None:
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     one_shot = snip_masks(snip_saliency(net, random_batch(), LOSS, exclude=[net.head]), 0.9, allocation)
     assert any(not torch.equal(one_shot[k], masks[k]) for k in masks)  # re-scoring the masked net changes the choice
-    single = iterative_snip_masks(net, random_batch(), LOSS, sparsity=0.9, steps=1, exclude=[net.head], allocation=allocation)
+    single = iterative_snip_masks(
+        net, random_batch(), LOSS, sparsity=0.9, steps=1, exclude=[net.head], allocation=allocation
+    )
     assert all(torch.equal(one_shot[k], single[k]) for k in masks)  # one round is plain SNIP
 
 

@@ -150,11 +150,13 @@ def test_msd_and_brats_entries_load_with_monai(tmp_path: Path) -> None:
     out = tmp_path / "datalist.json"
     datalist = prepare_datalist(tmp_path / "src", out, all_test=True)
     items = load_decathlon_datalist(out, data_list_key="test", base_dir=datalist["dataset_dir"])
-    load = Compose([
-        LoadImaged(keys=["image", "label"]),
-        EnsureChannelFirstd(keys=["image", "label"]),
-        ConvertToMultiChannelBasedOnBratsClassesd(keys="label"),
-    ])
+    load = Compose(
+        [
+            LoadImaged(keys=["image", "label"]),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            ConvertToMultiChannelBasedOnBratsClassesd(keys="label"),
+        ]
+    )
     for item in items:
         data = load(item)
         assert tuple(data["image"].shape) == (4, *SHAPE) and tuple(data["label"].shape) == (3, *SHAPE)

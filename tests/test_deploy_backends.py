@@ -19,8 +19,11 @@ from custom_modules.inference import (
     backend_network,
     onnxruntime_providers,
 )
-from raagr2_tools.shipping import export_onnx
 from custom_modules.networks import RAAGR2Net
+from raagr2_tools.shipping import export_onnx
+
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

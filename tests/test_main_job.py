@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import pytest
 
-from raagr2_tools.jobs.main_job import main
+from raagr2_tools.jobs.main_job import PHANTOM_SETTINGS, main
+
+#: the whole job in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
 
 
 def test_main_job_smoke(tmp_path: Path) -> None:
@@ -17,6 +21,8 @@ def test_main_job_smoke(tmp_path: Path) -> None:
     assert report["test_cases"] >= 1 and len(report["label_maps"]) == report["test_cases"]
     for region in ("wt", "tc", "et"):
         assert 0.0 <= report["regions"][f"{region}_dice"]["mean"] <= 1.0
+    assert report["settings"]["settings_file"] == str(PHANTOM_SETTINGS.resolve())  # the JSON overlay was passed
+    assert report["settings"]["roi_size"] == json.loads(PHANTOM_SETTINGS.read_text())["roi_size"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["regions"] == report["regions"]
     assert (tmp_path / "region_dice.png").stat().st_size > 1000

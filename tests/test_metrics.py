@@ -117,7 +117,9 @@ def test_reference_mean_iou():
     torch.testing.assert_close(ReferenceMeanIoUMetric()(half, y), torch.full((2, 1), 0.5))
     torch.testing.assert_close(m.aggregate(), torch.tensor([1.0 / 2]))  # mean of 1 and 0
     # reference eps placement: (I + eps) / (U + eps), so an empty case scores 1
-    torch.testing.assert_close(ReferenceMeanIoUMetric()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)), torch.ones(1, 1))
+    torch.testing.assert_close(
+        ReferenceMeanIoUMetric()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)), torch.ones(1, 1)
+    )
 
 
 def test_region_dice_empty_conventions():

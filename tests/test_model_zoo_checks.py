@@ -12,15 +12,17 @@ import pytest
 import torch
 from conftest import REPO_ROOT, SCHEMA, TINY
 
+from custom_modules.networks import RAAGR2Net
 from raagr2_tools.shipping import ZOO_CHECKS, verify_bundle
 from raagr2_tools.shipping.verify import main as verify_main
-from custom_modules.networks import RAAGR2Net
+
 
 REPO_BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
 #: the checks that need no trained weights (the repository's bundles have no models/model.pt in git)
 STATIC_CHECKS = ["json_format", "version_in_changelog", "metadata_schema", "net_in_out"]
 
-pytestmark = pytest.mark.skipif(not SCHEMA.is_file(), reason=f"schema not found at {SCHEMA}")
+#: bundle runs in child processes (the slow end-to-end selection); the checks need the metadata schema
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not SCHEMA.is_file(), reason=f"schema not found at {SCHEMA}")]
 
 
 def _edit_json(path: Path, edit: Callable[[dict], None], indent: int = 4) -> None:
@@ -38,7 +40,9 @@ def test_trained_bundles_pass_every_check(deploy_bundles: dict[str, Path]) -> No
     for name, bundle in deploy_bundles.items():
         failures = {k: v for k, v in verify_bundle(bundle, SCHEMA).items() if v is not None}
         assert not failures, f"{name}: {failures}"
-        assert not (bundle / "models" / "verify_model.ts").exists(), "the TorchScript check must write into a temp folder"
+        assert not (bundle / "models" / "verify_model.ts").exists(), (
+            "the TorchScript check must write into a temp folder"
+        )
 
 
 def _wrong_width_weights(bundle: Path) -> None:
@@ -111,4 +115,3 @@ def test_cli_prints_each_check_and_exits_1_on_failure(bundle_copy: Path, capsys:
     assert f"FAIL {bundle_copy} version_in_changelog: ValueError:" in out
     with pytest.raises(ValueError, match="unknown checks"):
         verify_bundle(bundle_copy, SCHEMA, ["no_such_check"])
-

@@ -1,4 +1,4 @@
-"""Tests for custom_modules.networks: RAAGR2-Net (spec section 2), its blocks and the complexity helpers."""
+"""Tests for custom_modules.networks: RAAGR2-Net (``docs/network.md``), its blocks and the complexity helpers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from custom_modules.networks import FLOP_COUNTER, RAAGR2Net, checkpoint_size_mib, count_flops, count_parameters
-from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 from custom_modules.networks.blocks import AttentionBlock, ConvOne, ReASPP3, RecurrentBlock, RRCNNBlock, UpConv
+from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 
 # Spec section 2.3, layer table (out_channels=5).
 STAGE_PARAMS = {
@@ -147,6 +147,7 @@ def test_torchscript_matches_eager():
             scripted(torch.randn(1, 4, 40, 40))
 
 
+@pytest.mark.e2e
 def test_onnx_dynamo_export_dynamic_hw(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -1,4 +1,4 @@
-"""Tests for the weight-shared RAAGR2-Net variants (spec section 3): ``RAAGR2Net(sharing=...)`` and its blocks."""
+"""Tests for the weight-shared RAAGR2-Net variants (``docs/network.md``): ``RAAGR2Net(sharing=...)`` and its blocks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from custom_modules.networks import SHARING_MODES, RAAGR2Net, count_parameters
-from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 from custom_modules.networks.blocks import (
     PAIRED_DILATION_GROUPS,
     RRCNNBlock,
@@ -18,6 +17,7 @@ from custom_modules.networks.blocks import (
     SharedReASPP3,
     SpareKernelSharedReASPP3,
 )
+from raagr2_tools.shipping import export_onnx, onnx_max_abs_diff
 
 SHARED_MODES = ["depthwise", "paired", "encoder_decoder"]
 # Spec section 3 totals at the spec widths, out_channels=5.
@@ -57,7 +57,7 @@ def test_depthwise_stage_parameters(spec_models):
     assert {stage: _n(getattr(net, stage)) for stage in DEPTHWISE_STAGES} == DEPTHWISE_STAGES
     assert TOTALS["depthwise"] - sum(DEPTHWISE_STAGES.values()) == DECODER_AND_HEAD
     assert _n(net) - sum(_n(getattr(net, stage)) for stage in DEPTHWISE_STAGES) == DECODER_AND_HEAD
-    assert len([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]) == 49  # spec section 3
+    assert len([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]) == 49  # ``docs/network.md``
 
 
 @pytest.mark.parametrize("c,k", [(4, 32), (32, 64), (256, 512)])
@@ -213,6 +213,7 @@ def test_torchscript_matches_eager(mode):
         torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", SHARED_MODES)
 def test_onnx_dynamo_export_dynamic_hw(tmp_path, mode):
     pytest.importorskip("onnxruntime")
@@ -221,7 +222,9 @@ def test_onnx_dynamo_export_dynamic_hw(tmp_path, mode):
     torch.manual_seed(0)
     # Narrow widths: the export cost (~15-20 s on 2 cores) is torch.export itself, widths only shorten the runs.
     net = RAAGR2Net(out_channels=3, features=SMALL, sigmoid=False, sharing=mode).eval()
-    path = export_onnx(net, tmp_path / f"raagr2_{mode}.onnx", example_shape=(1, 4, 64, 64))  # ~15 s: torch.export itself
+    path = export_onnx(
+        net, tmp_path / f"raagr2_{mode}.onnx", example_shape=(1, 4, 64, 64)
+    )  # ~15 s: torch.export itself
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
     assert onnx_max_abs_diff(net, path, [(2, 4, 32, 48), (1, 4, 96, 80)]) < 1e-4

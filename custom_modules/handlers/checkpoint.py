@@ -30,7 +30,11 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 def _unwrap(module: Any) -> Any:
     """The plain module behind ``DistributedDataParallel``/``DataParallel``."""
-    return module.module if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else module
+    return (
+        module.module
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel))
+        else module
+    )
 
 
 class TrainingStateSaver:

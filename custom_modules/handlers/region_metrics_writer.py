@@ -126,5 +126,13 @@ class RegionMetricsWriter:
             writer.writerows(rows)
             writer.writerow({"case": "mean", **mean})
         with open(base + ".json", "w") as f:
-            json.dump({"epoch": engine.state.epoch, "cases": rows, "mean": mean,
-                       "std": {c: stats["std"] for c, stats in summary.items()}}, f, indent=2)
+            json.dump(
+                {
+                    "epoch": engine.state.epoch,
+                    "cases": rows,
+                    "mean": mean,
+                    "std": {c: stats["std"] for c, stats in summary.items()},
+                },
+                f,
+                indent=2,
+            )

@@ -17,9 +17,7 @@ __all__ = ["BACKENDS", "EXPORT_COMMAND", "OnnxRuntimeNetwork", "backend_network"
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 
 #: the command that writes a bundle's ``models/model.ts`` and ``models/model.onnx`` (format with ``bundle=``)
-EXPORT_COMMAND = (
-    "python -m monai.bundle run export --config_file {bundle}/configs/export.json --bundle_root {bundle}"
-)
+EXPORT_COMMAND = "python -m monai.bundle run export --config_file {bundle}/configs/export.json --bundle_root {bundle}"
 
 #: GPU execution providers of ONNX Runtime, most preferred first
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -2,7 +2,7 @@
 
 Bundle configs pick the training loss by ``_target_``; all take ``(input=logits, target=binary masks)``:
 
-- ``{"_target_": "custom_modules.losses.WeightedBCEDiceLoss"}``: the reference study's loss (spec section 6);
+- ``{"_target_": "custom_modules.losses.WeightedBCEDiceLoss"}``: the reference study's loss (``docs/science.md``);
 - ``{"_target_": "DiceCELoss", "sigmoid": true}`` or ``{"_target_": "DiceFocalLoss", "sigmoid": true}``: MONAI.
 """
 

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.loss import _Loss
-
 from monai.utils import ensure_tuple_rep
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["WeightedBCEDiceLoss", "border_weight_map"]
 
@@ -42,7 +41,7 @@ def border_weight_map(
 
 
 class WeightedBCEDiceLoss(_Loss):
-    """Weighted soft Dice + weighted BCE, the reference study's training loss (spec section 6).
+    """Weighted soft Dice + weighted BCE, the reference study's training loss (``docs/science.md``).
 
     Port of Rehman's Keras ``Weighted_BCEnDice_loss(y_true, y_pred)``. The reference PyTorch code declared
     ``(y_true, y_pred)`` but called it with ``(outputs, masks)``, so its border weights came from the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from monai.metrics import compute_hausdorff_distance
 from monai.utils import MetricReduction
 
@@ -76,7 +75,10 @@ class BraTSHausdorff95Metric(ReducedCumulativeMetric):
             warnings.filterwarnings("ignore", message=".*is all 0, this may result in nan/inf distance")
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
             hd = compute_hausdorff_distance(
-                y_pred, y, include_background=True, percentile=self.percentile,
+                y_pred,
+                y,
+                include_background=True,
+                percentile=self.percentile,
                 spacing=spacing,
             ).to(device=y_pred.device, dtype=torch.float32)
         hd = torch.where(pred_empty ^ gt_empty, torch.full_like(hd, self.empty_penalty), hd)

@@ -1,4 +1,4 @@
-"""The reference study's evaluation metrics (spec section 6), kept only for comparison with its tables.
+"""The reference study's evaluation metrics (``docs/science.md``), kept only for comparison with its tables.
 
 They are NOT comparable to BraTS region Dice: they pool all channels and all pixels, so the large, easy
 channels dominate. Use :func:`custom_modules.metrics.region_dice_metric` for region (TC/WT/ET) Dice.
@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from monai.utils import MetricReduction
 
 from ._base import ReducedCumulativeMetric

@@ -1,5 +1,5 @@
-"""Networks of raagr2-slim: RAAGR2-Net and its weight-shared variants (blocks in :mod:`.blocks`), complexity helpers, the
-bundle variants by name; pruned networks are rebuilt by :mod:`.pruned`."""
+"""Networks of raagr2-slim: RAAGR2-Net and its weight-shared variants (blocks in :mod:`.blocks`), complexity
+helpers, the bundle variants by name; pruned networks are rebuilt by :mod:`.pruned`."""
 
 from .complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters, slice_latency_ms
 from .raagr2net import SHARING_MODES, RAAGR2Net, check_spatial_shape

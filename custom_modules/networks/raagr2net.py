@@ -1,5 +1,5 @@
-"""RAAGR2-Net (baseline, 8,911,301 parameters at ``out_channels=5``, spec section 2) and its weight-shared
-variants (spec section 3), selected by ``sharing``."""
+"""RAAGR2-Net (baseline, 8,911,301 parameters at ``out_channels=5``, ``docs/network.md``) and its weight-shared
+variants (``docs/network.md``), selected by ``sharing``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SPATIAL_DIVISOR = 16
 
 BlockFactory = Callable[[int, int], nn.Module]
 
-#: Encoder block ``(C, K) -> module`` per ``sharing`` mode (spec sections 2.2 and 3).
+#: Encoder block ``(C, K) -> module`` per ``sharing`` mode (``docs/network.md``).
 ENCODER_BLOCKS: Dict[str, BlockFactory] = {
     "none": ReASPP3,
     "depthwise": SharedReASPP3,
@@ -58,7 +58,7 @@ class RAAGR2Net(nn.Module):
     :class:`UpConv` -> :class:`AttentionBlock` on the encoder skip -> concat ``[gated skip, upsampled]``
     -> :class:`RRCNNBlock`. Head: Conv1x1 ``features[0] -> out_channels`` (+ Sigmoid if ``sigmoid``).
 
-    ``sharing`` selects the weight-shared variants of spec section 3 (parameters at the spec widths,
+    ``sharing`` selects the weight-shared variants of ``docs/network.md`` (parameters at the spec widths,
     ``out_channels=5``); the module names (``enc1`` ... ``dec2``, ``head``) are the same for all of them:
 
     - ``"none"``: the baseline (8,911,301).

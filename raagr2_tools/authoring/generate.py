@@ -11,7 +11,11 @@ from raagr2_tools.authoring.variant import write_variant_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raagr2_tools.authoring.generate", description=VARIANT_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m raagr2_tools.authoring.generate",
+        description=VARIANT_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("variant_dirs", nargs="+", type=Path, help="variant bundle folders (with variant.json)")
     parser.add_argument("--check", action="store_true", help="exit 1 if generated files are stale; write nothing")
     args = parser.parse_args(argv)

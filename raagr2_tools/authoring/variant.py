@@ -45,7 +45,22 @@ def load_variant_spec(variant_dir: str | Path) -> dict[str, Any]:
     return spec
 
 
-def render_variant_bundle(base_dir: Path, spec: Mapping[str, Any]) -> dict[str, str | bytes]:
+#: the first key of every generated config (not metadata.json, whose schema is fixed): says where it comes from
+GENERATED_KEY = "_generated_"
+
+
+def generated_note(variant_dir: str | Path, config_name: str, base: str) -> str:
+    """The :data:`GENERATED_KEY` text of a generated config."""
+    folder = Path(variant_dir).name
+    return (
+        f"GENERATED from {base}/configs/{config_name} and variant.json by "
+        f"`python -m raagr2_tools.authoring.generate bundles/{folder}`: edit those, not this file"
+    )
+
+
+def render_variant_bundle(
+    base_dir: Path, spec: Mapping[str, Any], variant_dir: str | Path = ""
+) -> dict[str, str | bytes]:
     """Every generated file of the variant: relative path -> content (text for JSON, bytes for copies)."""
     overrides: Mapping[str, Mapping[str, Any]] = spec.get("configs", {})
     unknown = [name for name in overrides if not (base_dir / "configs" / name).is_file()]
@@ -58,6 +73,9 @@ def render_variant_bundle(base_dir: Path, spec: Mapping[str, Any]) -> dict[str, 
             config.update(copy.deepcopy(dict(spec.get("metadata", {}))))
         else:
             config = apply_overrides(config, overrides.get(path.name, {}))
+            if isinstance(config, dict):
+                note = generated_note(variant_dir or base_dir, path.name, spec["base"])
+                config = {GENERATED_KEY: note, **{k: v for k, v in config.items() if k != GENERATED_KEY}}
         files[f"configs/{path.name}"] = json_text(config)
     for name in COPIED_FILES:
         files[name] = (base_dir / name).read_bytes()
@@ -70,7 +88,7 @@ def write_variant_bundle(variant_dir: str | Path, check: bool = False) -> list[s
     spec = load_variant_spec(variant_dir)
     base_dir = (variant_dir / spec["base"]).resolve()
     stale = []
-    for name, content in render_variant_bundle(base_dir, spec).items():
+    for name, content in render_variant_bundle(base_dir, spec, variant_dir.resolve()).items():
         target = variant_dir / name
         data = content.encode() if isinstance(content, str) else content
         if target.is_file() and target.read_bytes() == data:

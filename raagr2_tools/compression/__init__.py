@@ -8,7 +8,15 @@ one-step fine-tune. The graph surgery the pruned networks are rebuilt with is in
 """
 
 from .bundle_writer import pruned_bundle_name, write_pruned_bundle
-from .criteria import METHODS, Criterion, LRPImportance, SlimmingRegularizer, get_criterion, make_importance, pruner_class
+from .criteria import (
+    METHODS,
+    Criterion,
+    LRPImportance,
+    SlimmingRegularizer,
+    get_criterion,
+    make_importance,
+    pruner_class,
+)
 from .distillation import KnowledgeDistillationLoss
 from .engine import ALLOCATIONS, PruningCheckError, StructuredPruner, reset_optimizer
 from .hooks import TrainingHooks

@@ -19,6 +19,7 @@ import torch
 from custom_modules.files import atomic_path, json_text
 from custom_modules.handlers import save_atomic
 from raagr2_tools.authoring.config import apply_overrides
+from raagr2_tools.authoring.variant import GENERATED_KEY
 from raagr2_tools.reports.compression import write_compression_report
 
 __all__ = ["HISTORY_FILE", "COMPRESSION_CONFIG", "pruned_bundle_name", "pruned_network_def", "write_pruned_bundle"]
@@ -54,12 +55,15 @@ def _metadata(template: Mapping[str, Any], report: Mapping[str, Any]) -> dict[st
     teacher, pruned = report["complexity"]["teacher"], report["complexity"]["pruned"]
     what = "unstructured SNIP masks" if report.get("snip") else "structured channel pruning"
     meta["version"] = "0.1.0"
-    meta["changelog"] = {"0.1.0": f"{what} of RAAGR2-Net ({report['variant']}) with {method}, ratio {ratio}, {schedule} schedule"}
+    meta["changelog"] = {
+        "0.1.0": f"{what} of RAAGR2-Net ({report['variant']}) with {method}, ratio {ratio}, {schedule} schedule"
+    }
     meta["name"] = f"RAAGR2-Net brain tumour segmentation (pruned: {method}, {int(round(ratio * 100))}%)"
+    kd = " with knowledge distillation" if report.get("finetune", {}).get("distillation") else ""
     meta["description"] = (
         f"RAAGR2-Net ({report['variant']} variant) compressed by {what} with the {method} criterion "
         f"({report.get('criterion_reference', '')}), ratio {ratio}, {schedule} schedule, {report['allocation']} "
-        f"allocation, then fine-tuned{' with knowledge distillation' if report.get('finetune', {}).get('distillation') else ''}: "
+        f"allocation, then fine-tuned{kd}: "
         f"{pruned['params']:,} parameters (teacher {teacher['params']:,}), {pruned['flops'] / 1e9:.2f} GFLOPs per "
         f"{'x'.join(str(s) for s in report['input_shape'][2:])} slice (teacher {teacher['flops'] / 1e9:.2f}). "
         "See docs/compression_report.md."
@@ -107,7 +111,8 @@ def _readme(report: Mapping[str, Any], name: str) -> str:
         f"python -m monai.bundle run export --config_file {name}/configs/export.json --bundle_root {name} "
         "--dataset_dir DATA --data_list_file_path DATALIST\n"
         f"# a self-contained archive DIR/{name}.zip (custom code in scripts/)\n"
-        f"python -m monai.bundle run package --config_file {name}/configs/export.json --bundle_root {name} --output_dir DIR\n"
+        f"python -m monai.bundle run package --config_file {name}/configs/export.json --bundle_root {name} "
+        "--output_dir DIR\n"
         "```\n\n"
         "The compression report (parameters, FLOPs, channels kept per layer, WT/TC/ET Dice and HD95 of the teacher, "
         "the pruned network before and after fine-tuning) is `docs/compression_report.md`.\n"
@@ -140,6 +145,8 @@ def write_pruned_bundle(
         if path.name == COMPRESSION_CONFIG:
             continue
         config = json.loads(path.read_text())
+        if isinstance(config, dict):
+            config.pop(GENERATED_KEY, None)  # the template's note; this bundle is written, not generated
         if path.name == "metadata.json":
             config = _metadata(config, report)
         elif "network_def" in config:

@@ -1,4 +1,4 @@
-"""Pruning criteria of the compression toolkit as torch-pruning importances (``compression_notes.md`` section 3).
+"""Pruning criteria of the compression toolkit as torch-pruning importances (``docs/compression.md``).
 
 Every structured criterion is a :class:`Criterion` record (paper, allocation, what scoring needs) plus a
 ``tp.importance.Importance`` built by :func:`make_importance`:
@@ -127,7 +127,8 @@ def get_criterion(name: str) -> Criterion:
 
 
 def pruner_class(criterion: Criterion) -> type:
-    """``tp.pruner.BNScalePruner`` for slimming (its ``regularize`` is the L1 on gamma), else ``tp.pruner.BasePruner``."""
+    """``tp.pruner.BNScalePruner`` for slimming (its ``regularize`` is the L1 on gamma), else
+    ``tp.pruner.BasePruner``."""
     return tp.pruner.BNScalePruner if criterion.name == "slimming" else tp.pruner.BasePruner
 
 
@@ -364,7 +365,8 @@ class SlimmingRegularizer:
     changed shape since the last run; the factory runs with :func:`scoring_mode`, so its tracing forward changes
     no BN buffer); after every backward pass, before the optimizer step (:meth:`regularize`), it calls
     ``pruner.regularize(network, reg=reg)``, which adds ``reg * sign(gamma)`` to ``gamma.grad`` of every BN
-    outside the pruner's ignored layers. :meth:`hooks` returns both as :class:`.hooks.TrainingHooks`. Build the pruner with
+    outside the pruner's ignored layers. :meth:`hooks` returns both as :class:`.hooks.TrainingHooks`. Build the
+    pruner with
     ``group_lasso=False`` (the default): ``group_lasso=True`` crashes on groups without BN in torch-pruning 1.6.1.
 
     Args:

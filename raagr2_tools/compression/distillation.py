@@ -3,7 +3,7 @@
 :class:`KnowledgeDistillationLoss` is a drop-in ``loss_function`` for an unmodified MONAI
 :class:`~monai.engines.SupervisedTrainer`, which calls ``loss_function(pred, label)`` only. The batch the teacher
 needs is taken from the student itself by a forward pre-hook, so neither the trainer nor the bundle config
-changes (``compression_notes.md`` section 3.9).
+changes (``docs/compression.md``).
 """
 
 from __future__ import annotations

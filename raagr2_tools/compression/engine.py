@@ -1,6 +1,6 @@
 """The structured pruning engine: Torch-Pruning's dependency graph on the whole RAAGR2-Net.
 
-:class:`StructuredPruner` owns the RAAGR2-specific parts (``compression_notes.md`` section 7): the structural
+:class:`StructuredPruner` owns the RAAGR2-specific parts (``docs/compression.md``): the structural
 fixes of :mod:`.structure`, the layers never pruned (the output head; depthwise convs bound to the input
 image), the shared-depthwise kernels as unwrapped parameters (one owner, run-time ``groups``, so nothing can
 go stale), the per-step ratios of a schedule, and a forward + ONNX Runtime parity check after every step.
@@ -61,7 +61,8 @@ def reset_optimizer(optimizer: torch.optim.Optimizer, network: nn.Module) -> Non
 class StructuredPruner:
     """Physically remove channels from a RAAGR2-Net (any sharing mode), step by step.
 
-    On construction the network's channel-multiplier convs are split (exact, see :mod:`custom_modules.networks.pruned.structure`); load
+    On construction the network's channel-multiplier convs are split (exact, see
+    :mod:`custom_modules.networks.pruned.structure`); load
     teacher weights *before* constructing this. Each :meth:`step` builds a torch-pruning pruner for the
     current network (so any criterion, pruner class and schedule compose), prunes, appends to
     :attr:`history` (torch-pruning's JSON-serialisable pruning history, replayable by
@@ -176,7 +177,11 @@ class StructuredPruner:
             teacher = sum(self.teacher_out_channels[n] for n, _ in roots)
             current = sum(m.out_channels for _, m in roots)
             ratio = max(0.0, 1.0 - (1.0 - target_ratio) * teacher / current) if current else 0.0
-            scope = {"pruning_ratio": ratio} if active is None else {"pruning_ratio_dict": {tuple(m for _, m in roots): ratio}}
+            scope = (
+                {"pruning_ratio": ratio}
+                if active is None
+                else {"pruning_ratio_dict": {tuple(m for _, m in roots): ratio}}
+            )
             options.update(scope, global_pruning=True, max_pruning_ratio=self.max_layer_ratio)
         options.update(kwargs)
         pruner = pruner_class(self.network, example, importance=importance, **options)
@@ -232,7 +237,9 @@ class StructuredPruner:
         if self.onnx_check:
             device = self._device()
             try:
-                record["onnx_max_abs_diff"] = onnx_parity(self.network.to("cpu"), self.check_shape, exporter=self.onnx_exporter)
+                record["onnx_max_abs_diff"] = onnx_parity(
+                    self.network.to("cpu"), self.check_shape, exporter=self.onnx_exporter
+                )
             except OnnxParityError as e:
                 raise PruningCheckError(str(e)) from e
             finally:
@@ -256,7 +263,11 @@ class StructuredPruner:
                         "kept_out_channels": sum(slot.out_channels for slot in m.slots),
                     }
                 )
-            elif isinstance(m, nn.Conv2d) and name in self.teacher_out_channels and name.rsplit(".slots.", 1)[0] not in split:
+            elif (
+                isinstance(m, nn.Conv2d)
+                and name in self.teacher_out_channels
+                and name.rsplit(".slots.", 1)[0] not in split
+            ):
                 kind = "DepthwiseConv2d" if m.groups == m.in_channels and m.groups > 1 else "Conv2d"
                 rows.append(
                     {

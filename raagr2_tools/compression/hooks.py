@@ -31,7 +31,9 @@ class TrainingHooks:
 
     def __add__(self, other: TrainingHooks) -> TrainingHooks:
         return TrainingHooks(
-            self.on_start + other.on_start, self.after_backward + other.after_backward, self.after_step + other.after_step
+            self.on_start + other.on_start,
+            self.after_backward + other.after_backward,
+            self.after_step + other.after_step,
         )
 
     def __bool__(self) -> bool:

@@ -149,7 +149,7 @@ class CompressionLoop:
             pruner.replay(record["history"])
             self.network.load_state_dict(loaded[1])
             masks = {k: v.to(device) for k, v in loaded[2].items()}
-            logger.info(f"resuming after step {record['done']} from {self.store.work_dir}")
+            logger.info(f"resuming {self.store.name} after step {record['done']} from {self.store.work_dir}")
         if self.criterion.structured:
             self._prune_structured(pruner, record)
         else:
@@ -209,7 +209,9 @@ class CompressionLoop:
             record["done"] = i + 1
             self._save(record)
 
-    def _prune_snip(self, pruner: StructuredPruner, record: dict[str, Any], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _prune_snip(
+        self, pruner: StructuredPruner, record: dict[str, Any], masks: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
         """Unstructured SNIP at initialisation: masks from one batch (``oneshot``), FORCE-style re-scoring
         (``iterative``) or one layer group at a time (``layerwise``); then training with masks enforced."""
         p = self.pruning
@@ -222,10 +224,18 @@ class CompressionLoop:
             allocation = p.resolved_allocation
             with scoring_mode(self.network, batch_stats=True):
                 if p.schedule == "oneshot":
-                    masks = snip_masks(snip_saliency(self.network, batch, self.task_loss, exclude=head), p.ratio, allocation)
+                    masks = snip_masks(
+                        snip_saliency(self.network, batch, self.task_loss, exclude=head), p.ratio, allocation
+                    )
                 elif p.schedule == "iterative":
                     masks = iterative_snip_masks(
-                        self.network, batch, self.task_loss, p.ratio, p.iterative_steps, exclude=head, allocation=allocation
+                        self.network,
+                        batch,
+                        self.task_loss,
+                        p.ratio,
+                        p.iterative_steps,
+                        exclude=head,
+                        allocation=allocation,
                     )
                 else:
                     masks = {}
@@ -243,8 +253,13 @@ class CompressionLoop:
                 "zeros_before_finetune": count_masked_zeros(self.network, masks),
             }
             record["steps"] = [
-                {"step": 1, "target_ratio": p.ratio, "layers": "all", "params": count_parameters(self.network),
-                 "masked_weights": masked}
+                {
+                    "step": 1,
+                    "target_ratio": p.ratio,
+                    "layers": "all",
+                    "params": count_parameters(self.network),
+                    "masked_weights": masked,
+                }
             ]
             record["before_finetune"] = self.callbacks.evaluate("student", "masked at initialisation, before training")
             record["done"] = 1
@@ -271,7 +286,11 @@ class CompressionLoop:
         out: dict[str, Any] = {
             "flop_counter": f"{FLOP_COUNTER} (FLOPs = 2 x MACs)",
             "complexity": {
-                "teacher": {"params": pruner.teacher_params, "nonzero_params": nonzero["teacher"], "flops": pruner.teacher_flops},
+                "teacher": {
+                    "params": pruner.teacher_params,
+                    "nonzero_params": nonzero["teacher"],
+                    "flops": pruner.teacher_flops,
+                },
                 "pruned": {"params": final["params"], "nonzero_params": nonzero["pruned"], "flops": final["flops"]},
             },
         }
@@ -283,7 +302,11 @@ class CompressionLoop:
                 raise PruningCheckError(f"the final (deployed) pruned network failed its ONNX check: {e}") from e
             finally:
                 self.network.to(device)
-            out["final_onnx_check"] = {"exporter": self.final_onnx_exporter, "input_shape": list(check_shape), "max_abs_diff": diff}
+            out["final_onnx_check"] = {
+                "exporter": self.final_onnx_exporter,
+                "input_shape": list(check_shape),
+                "max_abs_diff": diff,
+            }
         if self.measure_latency:
             shape = self.pruning.example_shape
             out["latency_ms"] = {

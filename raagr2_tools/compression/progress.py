@@ -30,10 +30,12 @@ class ProgressStore:
     Args:
         work_dir: folder of ``progress.pt`` and ``progress.json`` (created on the first save).
         signature: JSON-serialisable settings; a record written under other settings is ignored.
+        name: what is being compressed, for logs (default: the folder's name).
     """
 
-    def __init__(self, work_dir: str | Path, signature: Mapping[str, Any]) -> None:
+    def __init__(self, work_dir: str | Path, signature: Mapping[str, Any], name: str | None = None) -> None:
         self.work_dir = Path(work_dir)
+        self.name = name or self.work_dir.name
         self.signature = json.loads(json.dumps(dict(signature)))
 
     @property
@@ -44,7 +46,9 @@ class ProgressStore:
         """A fresh record: no step done."""
         return {"signature": self.signature, "done": 0, "steps": [], "history": []}
 
-    def load(self, device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    def load(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
         """``(record, network state_dict, masks)`` of the last finished step, or ``None`` when there is none for
         this signature (``weights_only=True``)."""
         if not self.path.is_file():
@@ -56,7 +60,9 @@ class ProgressStore:
             return None
         return record, saved["network"], dict(saved.get("masks") or {})
 
-    def save(self, record: Mapping[str, Any], network: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+    def save(
+        self, record: Mapping[str, Any], network: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         """Checkpoint a finished step in one atomic write, then refresh the readable ``progress.json``."""
         text = json.dumps(dict(record))
         save_atomic({"progress": text, "network": network.state_dict(), "masks": dict(masks or {})}, self.path)

@@ -1,4 +1,4 @@
-"""Unstructured SNIP (Lee, Ajanthan & Torr, ICLR 2019) as the paper defines it (``compression_notes.md`` 3.1).
+"""Unstructured SNIP (Lee, Ajanthan & Torr, ICLR 2019) as the paper defines it (``docs/compression.md``).
 
 Connection sensitivity at initialisation, on one batch: ``s_j = |w_j dL/dw_j| / sum_k |w_k dL/dw_k|`` over
 the conv weights (no BN, no biases, no excluded modules such as the head); keep the top ``(1 - sparsity)``
@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .criteria import LossFn, batch_tensors, network_device, scoring_mode
 from .hooks import TrainingHooks
-from .criteria import LossFn, network_device, batch_tensors, scoring_mode
 
 __all__ = [
     "ALLOCATIONS",

@@ -54,8 +54,11 @@ def attach_training_hooks(engine: Engine, hooks: TrainingHooks) -> list[Any]:
         raise ValueError("the engine must register monai.engines.utils.IterationEvents (SupervisedTrainer does).")
     after_step = IterationEvents.MODEL_COMPLETED if monai_events else Events.ITERATION_COMPLETED
     handles = []
-    for event, callbacks in ((Events.STARTED, hooks.on_start), (IterationEvents.BACKWARD_COMPLETED, hooks.after_backward),
-                             (after_step, hooks.after_step)):
+    for event, callbacks in (
+        (Events.STARTED, hooks.on_start),
+        (IterationEvents.BACKWARD_COMPLETED, hooks.after_backward),
+        (after_step, hooks.after_step),
+    ):
         for callback in callbacks:
             handles.append(engine.add_event_handler(event, _call_without_engine(callback)))
     return handles
@@ -142,7 +145,8 @@ class CompressionStep:
         self.learning_rates = [g["lr"] for g in optimizer.param_groups]
         #: the new bundle's unpruned ``network_def``
         self.network_config = {
-            "_target_": f"{type(network).__module__.rsplit('.', 1)[0]}.{type(network).__name__}", **network.init_args
+            "_target_": f"{type(network).__module__.rsplit('.', 1)[0]}.{type(network).__name__}",
+            **network.init_args,
         }
         self.name = pruned_bundle_name(pruning.method, pruning.ratio, variant)
         self.work_dir = self.output_dir / f"{self.name}.work"
@@ -150,8 +154,11 @@ class CompressionStep:
         self.writers = {}
         for which, evaluator in self.evaluators.items():
             writer = RegionMetricsWriter(
-                output_dir=str(self.work_dir), dice_metric=report.dice_metric, hd95_metric=report.hd95_metric,
-                prefix="report", filename=f"{which}_per_case_metrics",
+                output_dir=str(self.work_dir),
+                dice_metric=report.dice_metric,
+                hd95_metric=report.hd95_metric,
+                prefix="report",
+                filename=f"{which}_per_case_metrics",
             )
             writer.attach(evaluator)
             self.writers[which] = writer
@@ -191,7 +198,9 @@ class CompressionStep:
         best = _BestWeights(self.network)
         if self.validator is not None:
             handles.append(self.validator.add_event_handler(Events.EPOCH_COMPLETED, best.update))
-        self.trainer.load_state_dict({"iteration": 0, "max_epochs": int(epochs), "epoch_length": self.trainer.state.epoch_length})
+        self.trainer.load_state_dict(
+            {"iteration": 0, "max_epochs": int(epochs), "epoch_length": self.trainer.state.epoch_length}
+        )
         try:
             self.trainer.run()
         finally:
@@ -230,7 +239,7 @@ class CompressionStep:
             self.pruning,
             self.finetune_settings,
             LoopCallbacks(scoring_batches=self.scoring_batches, finetune=self.finetune, evaluate=self.evaluate),
-            store=ProgressStore(self.work_dir, self._signature()),
+            store=ProgressStore(self.work_dir, self._signature(), name=self.name),
             measure_latency=self.report.measure_latency,
         )
         try:
@@ -266,7 +275,11 @@ class CompressionStep:
         for key in ("latency_ms", "final_onnx_check"):
             if key in outcome.measurements:
                 report[key] = outcome.measurements[key]
-        stages = {"teacher": record["teacher_eval"], "pruned_before_finetune": record["before_finetune"], "finetuned": outcome.finetuned}
+        stages = {
+            "teacher": record["teacher_eval"],
+            "pruned_before_finetune": record["before_finetune"],
+            "finetuned": outcome.finetuned,
+        }
         report["cases"] = [row["case"] for row in stages["teacher"]["cases"]]
         for kind in ("dice", "hd95"):
             report[kind] = {stage: result[kind] for stage, result in stages.items()}

@@ -71,5 +71,10 @@ def finetune_loss(
     if not distillation:
         return task_loss
     return KnowledgeDistillationLoss(
-        task_loss, teacher, student, alpha=float(alpha), temperature=float(temperature), feature_weight=float(feature_weight)
+        task_loss,
+        teacher,
+        student,
+        alpha=float(alpha),
+        temperature=float(temperature),
+        feature_weight=float(feature_weight),
     )

@@ -69,10 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: bundles/raagr2_baseline)")
     parser.add_argument("--data", type=Path, default=None, help="BraTS-style folder; default: make phantoms")
-    parser.add_argument("--workdir", type=Path, default=Path("runs") / "main_job", help="output folder (default: runs/main_job)")
-    parser.add_argument("--settings", type=Path, default=None,
-                        help=f"settings overlay (default: {PHANTOM_SETTINGS.name} for phantoms, {REAL_SETTINGS.name} for --data)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the overlay's, 15 phantom, 35 real)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("runs") / "main_job", help="output folder (default: runs/main_job)"
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        default=None,
+        help=f"settings overlay (default: {PHANTOM_SETTINGS.name} for phantoms, {REAL_SETTINGS.name} for --data)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: the overlay's, 15 phantom, 35 real)"
+    )
     parser.add_argument("--cases", type=int, default=None, help="number of phantoms (default: the overlay's, 20)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -163,8 +171,10 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
     """Print the table; write report.md, report.json and region_dice.png into ``workdir``."""
     regions = report["regions"]
     rows = [
-        (f"{r.upper()} Dice (mean ± sd, {report['test_cases']} test cases)",
-         f"{regions[f'{r}_dice']['mean']:.3f} ± {regions[f'{r}_dice']['std']:.3f}")
+        (
+            f"{r.upper()} Dice (mean ± sd, {report['test_cases']} test cases)",
+            f"{regions[f'{r}_dice']['mean']:.3f} ± {regions[f'{r}_dice']['std']:.3f}",
+        )
         for r in REGION_DISPLAY_ORDER
     ]
     rows += [(f"{r.upper()} HD95 mm (mean)", f"{regions[f'{r}_hd95']['mean']:.2f}") for r in REGION_DISPLAY_ORDER]
@@ -174,7 +184,10 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
         ("parameters (3 region outputs)", f"{report['parameters_bundle_3ch']:,}"),
         ("parameters (spec, 5 outputs)", f"{report['parameters_spec_5ch']:,}"),
         ("GFLOPs per 4x192x192 slice", f"{report['flops_per_192_slice'] / 1e9:.2f} ({report['flop_counter']})"),
-        (f"latency per 192x192 slice, {report['torch_threads']} threads", f"{report['latency_ms_per_192_slice']:.0f} ms"),
+        (
+            f"latency per 192x192 slice, {report['torch_threads']} threads",
+            f"{report['latency_ms_per_192_slice']:.0f} ms",
+        ),
         ("training time", f"{report['train_seconds']:.0f} s"),
         ("evaluation time", f"{report['evaluate_seconds']:.0f} s"),
         ("segmentation time", f"{report['inference_seconds']:.0f} s"),
@@ -188,9 +201,15 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
     print(f"report: {workdir / 'report.md'}  figure: {png}  per-case metrics: {workdir / 'eval'}")
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``raagr2-main-job`` / ``python -m raagr2_tools.jobs.main_job``: the exit code (1 with the reason on error)."""
     try:
-        main(sys.argv[1:])
+        main(sys.argv[1:] if argv is None else argv)
     except (OSError, RuntimeError, ValueError) as e:
         print(f"main job failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -11,19 +11,24 @@ import numpy as np
 import torch
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
-from raagr2_tools.authoring.config import bundle_parser
 from custom_modules.data import load_datalist
+from raagr2_tools.authoring.config import bundle_parser
 
 
 def load_cases(
-    bundle_root: str | Path, dataset_dir: str | Path, data_list_file_path: str | Path, split: str,
+    bundle_root: str | Path,
+    dataset_dir: str | Path,
+    data_list_file_path: str | Path,
+    split: str,
     max_cases: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Cases of list ``split`` as the bundle's inference sees them: ``{"case_id", "image": (C, H, W, D) float32,
     "label": (3, H, W, D) bool TC/WT/ET or None}``, one at a time (a BraTS volume is ~140 MB)."""
     entries = load_datalist(data_list_file_path, split, dataset_dir)[:max_cases]
     preprocessing = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
-    labels = Compose([LoadImaged("label", ensure_channel_first=True), ConvertToMultiChannelBasedOnBratsClassesd("label")])
+    labels = Compose(
+        [LoadImaged("label", ensure_channel_first=True), ConvertToMultiChannelBasedOnBratsClassesd("label")]
+    )
     for entry in entries:
         image = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()
         label = torch.as_tensor(labels({"label": entry["label"]})["label"]).bool() if entry.get("label") else None

@@ -43,7 +43,12 @@ __all__ = ["FORMATS", "FILES", "ExportParityError", "BundleExporter", "onnx_meta
 logger = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx", "onnx_int8", "onnx_fp16")
-FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "onnx_fp16": "model_fp16.onnx"}
+FILES = {
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "onnx_int8": "model_int8.onnx",
+    "onnx_fp16": "model_fp16.onnx",
+}
 
 
 class ExportParityError(RuntimeError):
@@ -55,12 +60,17 @@ def onnx_metadata(bundle_root: Path) -> dict[str, str]:
     meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
-    norm = [t for t in bundle_parser(bundle_root).get("preprocessing", {}).get("transforms", [])
-            if str(t.get("_target_", "")).endswith("NormalizeIntensityd")]
+    norm = [
+        t
+        for t in bundle_parser(bundle_root).get("preprocessing", {}).get("transforms", [])
+        if str(t.get("_target_", "")).endswith("NormalizeIntensityd")
+    ]
     norm_text = (
         "z-score per channel over the brain (nonzero) voxels of the whole volume "
         f"(monai NormalizeIntensityd nonzero={norm[0].get('nonzero')}, channel_wise={norm[0].get('channel_wise')}); "
-        "background stays 0" if norm else "none"
+        "background stays 0"
+        if norm
+        else "none"
     )
     return {
         "bundle": bundle_root.resolve().name,
@@ -132,13 +142,17 @@ class BundleExporter:
         """``network_def`` of ``configs/inference.json`` with ``models/model.pt`` loaded (``weights_only``), eval."""
         ckpt = self.models / "model.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt} not found: train the bundle first (python -m monai.bundle run training ...)")
+            raise FileNotFoundError(
+                f"{ckpt} not found: train the bundle first (python -m monai.bundle run training ...)"
+            )
         net = bundle_network(self.bundle_root)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(f"{ckpt} does not fit the network_def of {self.bundle_root}/configs/inference.json: {e}") from None
+            raise ValueError(
+                f"{ckpt} does not fit the network_def of {self.bundle_root}/configs/inference.json: {e}"
+            ) from None
         return net.eval()
 
     def _torchscript(self, tmp: Path) -> Path:
@@ -146,9 +160,14 @@ class BundleExporter:
 
         configs = self.bundle_root / "configs"
         target = tmp / FILES["torchscript"]
-        ckpt_export(net_id="network_def", filepath=str(target), ckpt_file=str(self.models / "model.pt"),
-                    meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
-                    bundle_root=str(self.bundle_root))
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(target),
+            ckpt_file=str(self.models / "model.pt"),
+            meta_file=str(configs / "metadata.json"),
+            config_file=str(configs / "inference.json"),
+            bundle_root=str(self.bundle_root),
+        )
         return target
 
     @staticmethod
@@ -158,7 +177,9 @@ class BundleExporter:
 
     def _segment(self, net: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W, D) -> (3, H, W, D) bool, skipping empty slices and cropping to the brain (same for all)."""
-        inferer = BrainSliceInferer(roi_size=image.shape[1:3], sw_batch_size=8, skip_empty_slices=True, crop_to_brain=True)
+        inferer = BrainSliceInferer(
+            roi_size=image.shape[1:3], sw_batch_size=8, skip_empty_slices=True, crop_to_brain=True
+        )
         with torch.no_grad():
             return torch.sigmoid(inferer(image[None], net)[0]) > 0.5
 
@@ -171,11 +192,18 @@ class BundleExporter:
         """
         start = time.perf_counter()
         net = self.network()
-        eval_cases = list(load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.eval_split, self.eval_cases))
+        eval_cases = list(
+            load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.eval_split, self.eval_cases)
+        )
         slices, where = sample_slices(eval_cases, self.parity_slices, self.tumour_fraction)
         batch = torch.from_numpy(pad_to_multiple(np.stack(slices)))
-        report: dict[str, Any] = {"bundle": self.bundle_root.resolve().name, "formats": {}, "fp32_atol": self.fp32_atol,
-                                  "parity_slices": where, "parity_input_shape": list(batch.shape)}
+        report: dict[str, Any] = {
+            "bundle": self.bundle_root.resolve().name,
+            "formats": {},
+            "fp32_atol": self.fp32_atol,
+            "parity_slices": where,
+            "parity_input_shape": list(batch.shape),
+        }
         self.models.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.models, prefix=".tmp_export_") as tmp_name:
             tmp = Path(tmp_name)
@@ -186,17 +214,26 @@ class BundleExporter:
                 self._accept("torchscript", ts_path, diff, report)
             if "onnx" in self.formats:
                 logger.info("exporting ONNX (dynamo, opset %d)", self.opset)
-                onnx_path = export_onnx(net, tmp / FILES["onnx"], (1, batch.shape[1], 64, 64), self.opset,
-                                        onnx_metadata(self.bundle_root))
+                onnx_path = export_onnx(
+                    net, tmp / FILES["onnx"], (1, batch.shape[1], 64, 64), self.opset, onnx_metadata(self.bundle_root)
+                )
                 diff = self._max_abs_diff(net, OnnxRuntimeNetwork(onnx_path, providers=["CPUExecutionProvider"]), batch)
                 self._accept("onnx", onnx_path, diff, report)
             if "onnx_int8" in self.formats:
-                logger.info("quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split)
-                calibration = load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split)
+                logger.info(
+                    "quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split
+                )
+                calibration = load_cases(
+                    self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split
+                )
                 cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
                 done = quantize_int8(self.models / FILES["onnx"], self.models / FILES["onnx_int8"], cal_slices)
-                report["formats"]["onnx_int8"] = {"file": FILES["onnx_int8"], **done, "calibration_split": self.calibration_split,
-                                                  "calibration_tumour_slices": sum(r["tumour"] for r in cal_where)}
+                report["formats"]["onnx_int8"] = {
+                    "file": FILES["onnx_int8"],
+                    **done,
+                    "calibration_split": self.calibration_split,
+                    "calibration_tumour_slices": sum(r["tumour"] for r in cal_where),
+                }
             if "onnx_fp16" in self.formats:
                 logger.info("converting to FP16")
                 done = convert_fp16(self.models / FILES["onnx"], self.models / FILES["onnx_fp16"])
@@ -214,7 +251,9 @@ class BundleExporter:
         """Move a checked FP32 artefact into ``models/``, or raise when it differs from PyTorch."""
         target = self.models / FILES[fmt]
         if not diff <= self.fp32_atol:
-            raise ExportParityError(f"{target}: max |{fmt} - PyTorch| = {diff:.3g} on real slices exceeds {self.fp32_atol:g}")
+            raise ExportParityError(
+                f"{target}: max |{fmt} - PyTorch| = {diff:.3g} on real slices exceeds {self.fp32_atol:g}"
+            )
         os.replace(staged, target)
         report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff": diff, "parity": "ok"}
 
@@ -223,15 +262,20 @@ class BundleExporter:
         reduced = [f for f in ("onnx_int8", "onnx_fp16") if f in self.formats]
         if not reduced or not cases:
             return {}
-        backends = {"torch_fp32": net, **{f: OnnxRuntimeNetwork(self.models / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced}}
+        backends = {
+            "torch_fp32": net,
+            **{f: OnnxRuntimeNetwork(self.models / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced},
+        }
         rows = []
         for case in cases:
             preds = {name: self._segment(model, case["image"]) for name, model in backends.items()}
             row: dict[str, Any] = {"case_id": case["case_id"]}
             for name, pred in preds.items():
                 agreement = _dice(pred, preds["torch_fp32"])
-                row[name] = {**(_dice(pred, case["label"]) if case["label"] is not None else {}),
-                             **{f"{k}_vs_fp32": v for k, v in agreement.items()}}
+                row[name] = {
+                    **(_dice(pred, case["label"]) if case["label"] is not None else {}),
+                    **{f"{k}_vs_fp32": v for k, v in agreement.items()},
+                }
             rows.append(row)
         summary = {}
         for name in reduced:
@@ -241,32 +285,52 @@ class BundleExporter:
                 if all(key in r[name] for r in rows):
                     summary[name][f"{key}_delta"] = float(np.mean([r[name][key] - r["torch_fp32"][key] for r in rows]))
                 summary[name][f"{key}_vs_fp32"] = float(np.mean([r[name][f"{key}_vs_fp32"] for r in rows]))
-        return {"split": self.eval_split, "inference": "axial slices, empty slices skipped, cropped to the brain",
-                "cases": rows, "mean": summary}
+        return {
+            "split": self.eval_split,
+            "inference": "axial slices, empty slices skipped, cropped to the brain",
+            "cases": rows,
+            "mean": summary,
+        }
 
 
 def render_export_markdown(report: dict[str, Any]) -> str:
     """The export report as Markdown: one row per artefact, then the reduced-precision Dice table."""
-    lines = [f"# Export report: {report['bundle']}", "",
-             f"FP32 parity on {len(report['parity_slices'])} real slices (input {report['parity_input_shape']}), "
-             f"tolerance {report['fp32_atol']:g}.", ""]
+    lines = [
+        f"# Export report: {report['bundle']}",
+        "",
+        f"FP32 parity on {len(report['parity_slices'])} real slices (input {report['parity_input_shape']}), "
+        f"tolerance {report['fp32_atol']:g}.",
+        "",
+    ]
     artefacts = []
     for name, entry in report["formats"].items():
-        check = (f"max abs diff {entry['max_abs_diff']:.2e} vs PyTorch" if "max_abs_diff" in entry else
-                 f"calibrated on {entry['calibration_slices']} real slices ({entry['calibration_tumour_slices']} with tumour), "
-                 f"float nodes: {len(entry['float_nodes'])}" if name == "onnx_int8" else "FP16 inside, FP32 I/O")
+        check = (
+            f"max abs diff {entry['max_abs_diff']:.2e} vs PyTorch"
+            if "max_abs_diff" in entry
+            else f"calibrated on {entry['calibration_slices']} real slices "
+            f"({entry['calibration_tumour_slices']} with tumour), "
+            f"float nodes: {len(entry['float_nodes'])}"
+            if name == "onnx_int8"
+            else "FP16 inside, FP32 I/O"
+        )
         artefacts.append([name, f"`{entry['file']}`", f"{entry['size_mib']:.2f}", check])
     lines.append(markdown_table(["artefact", "file", "size (MiB)", "check"], artefacts).rstrip("\n"))
     dice = report.get("dice") or {}
     if dice:
-        lines += ["", f"Region Dice on the `{dice['split']}` cases ({dice['inference']}); delta = format - PyTorch FP32, "
-                  "in Dice points x100; agreement = Dice of the format's mask against PyTorch FP32's.", ""]
+        lines += [
+            "",
+            f"Region Dice on the `{dice['split']}` cases ({dice['inference']}); delta = format - PyTorch FP32, "
+            "in Dice points x100; agreement = Dice of the format's mask against PyTorch FP32's.",
+            "",
+        ]
         regions = [r.upper() for r in REGION_DISPLAY_ORDER]
         header = ["format"] + [f"{r} delta" for r in regions] + [f"{r} agreement" for r in regions]
         table = []
         for name, mean in dice["mean"].items():
-            deltas = [f"{100 * mean[f'{r}_dice_delta']:+.2f}" if f"{r}_dice_delta" in mean else "n/a"
-                      for r in REGION_DISPLAY_ORDER]
+            deltas = [
+                f"{100 * mean[f'{r}_dice_delta']:+.2f}" if f"{r}_dice_delta" in mean else "n/a"
+                for r in REGION_DISPLAY_ORDER
+            ]
             agree = [f"{mean[f'{r}_dice_vs_fp32']:.4f}" for r in REGION_DISPLAY_ORDER]
             table.append([name, *deltas, *agree])
         lines.append(markdown_table(header, table).rstrip("\n"))

@@ -48,7 +48,11 @@ def export_onnx(
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     net.eval()
     path = Path(path)
-    dynamic_axes = ONNX_DYNAMIC_AXES if exporter == "dynamo" else {k: {a: f"{k}_{a}" for a in v} for k, v in ONNX_DYNAMIC_AXES.items()}
+    dynamic_axes = (
+        ONNX_DYNAMIC_AXES
+        if exporter == "dynamo"
+        else {k: {a: f"{k}_{a}" for a in v} for k, v in ONNX_DYNAMIC_AXES.items()}
+    )
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "dynamic_axes is not recommended when dynamo=True"
         warnings.simplefilter("ignore", FutureWarning)  # torch.export internals
@@ -90,7 +94,9 @@ def onnx_max_abs_diff(net: torch.nn.Module, path: str | Path, shapes: Sequence[S
             expected = net(x)
         (got,) = session.run(["pred"], {"image": x.numpy()})
         if tuple(got.shape) != tuple(expected.shape):
-            raise ValueError(f"{path}: ONNX output {got.shape} for input {tuple(shape)}, PyTorch {tuple(expected.shape)}")
+            raise ValueError(
+                f"{path}: ONNX output {got.shape} for input {tuple(shape)}, PyTorch {tuple(expected.shape)}"
+            )
         worst = max(worst, float((torch.from_numpy(got) - expected).abs().max()))
     return worst
 
@@ -112,5 +118,7 @@ def onnx_parity(
         path = export_onnx(net, Path(tmp) / "network.onnx", example_shape, opset=opset, exporter=exporter)
         diff = onnx_max_abs_diff(net, path, [example_shape])
     if not diff <= tolerance:
-        raise OnnxParityError(f"ONNX Runtime output ({exporter} exporter) differs from PyTorch by {diff:.3g} (> {tolerance})")
+        raise OnnxParityError(
+            f"ONNX Runtime output ({exporter} exporter) differs from PyTorch by {diff:.3g} (> {tolerance})"
+        )
     return diff

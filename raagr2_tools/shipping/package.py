@@ -1,9 +1,16 @@
-"""Package a bundle as one self-contained zip: configs, models, docs, and the custom code it needs as ``scripts/``.
+"""Package a bundle as one self-contained zip: its runtime configs, models, docs, and the runtime layer as ``scripts/``.
 
 The zip holds a folder ``<name>/`` (``<name>`` = the bundle folder's name) laid out like a model-zoo bundle::
 
     <name>/LICENSE  configs/*.json, logging.conf  docs/  models/model.pt (+ .ts, .onnx, export report)
-    <name>/scripts/  the modules of this repository's package that the configs import, renamed ``scripts``
+    <name>/scripts/  the runtime layer (the ``custom_modules`` package), copied file by file as it is
+
+The runtime layer imports itself only relatively and never imports the tooling (a test walks its import
+graph), so it works unchanged under the package name ``scripts``: no Python source is rewritten. Only the
+JSON configs (and the configs embedded in ``model.ts``) have their ``custom_modules.`` names replaced by
+``scripts.``. Tooling configs (those naming ``raagr2_tools``, ``data_prep`` or ``benchmarks``: ``export.json``,
+``compress.json``) stay behind, and so does every tooling module: a packaged bundle trains, evaluates and
+infers, and exporting or compressing it again needs raagr2-slim.
 
 Unzipped anywhere, ``python -m monai.bundle run --config_file <name>/configs/inference.json ...`` works on a
 machine with only the requirements installed: ``ConfigWorkflow.run()`` puts the bundle folder on ``sys.path``
@@ -30,12 +37,26 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundlePackager", "PackagingError", "SCRIPTS", "MODEL_FILES", "referenced_names", "rewrite_text"]
+import custom_modules
+from custom_modules.files import json_text
 
-#: this repository's importable package (derived, so that the text rewrite below leaves this line alone)
-PACKAGE = (__package__ or __name__).split(".")[0]
+__all__ = [
+    "BundlePackager",
+    "PackagingError",
+    "RUNTIME_PACKAGE",
+    "SCRIPTS",
+    "MODEL_FILES",
+    "TOOLING_PACKAGES",
+    "referenced_names",
+    "rewrite_config_text",
+]
+
+#: the runtime layer: the package bundle configs name
+RUNTIME_PACKAGE = custom_modules.__name__
 #: the custom-code package of a packaged bundle (the model-zoo convention)
 SCRIPTS = "scripts"
+#: the repository's tooling packages: a packaged bundle never contains or imports them
+TOOLING_PACKAGES = ("raagr2_tools", "data_prep", "benchmarks")
 #: the files of ``models/`` that a packaged bundle carries (``model.pt`` is required)
 MODEL_FILES = (
     "model.pt",
@@ -46,25 +67,15 @@ MODEL_FILES = (
     "export_report.json",
     "export_report.md",
 )
-#: top-level packages of this repository that a packaged bundle must never import
-REPO_PACKAGES = (PACKAGE, "data_prep", "benchmarks")
 
-_PACKAGE_WORD = re.compile(rf"\b{PACKAGE}\b")
+_RUNTIME_NAME = re.compile(rf"\b{RUNTIME_PACKAGE}(?=\.)")
+_TOOLING_NAME = re.compile(rf"\b(?:{'|'.join(TOOLING_PACKAGES)})\.\w")
 _SCRIPTS_WORD = re.compile(rf"\b{SCRIPTS}\b")
 _BUNDLE_ROOT = {"_target_": f"{SCRIPTS}.bundle_root"}
 _PACKAGE_ONLY_REQUIREMENTS = ("raagr2-slim",)
 
-_BUNDLE_ROOT_FUNCTION = '''
-
-def bundle_root() -> str:
-    """The bundle folder holding this ``scripts`` package, as an absolute path (``"bundle_root"`` of the configs)."""
-    import os
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-'''
-
 #: child-process helper: import a dotted name (longest importable module prefix, then attributes)
-_RESOLVE = r'''
+_RESOLVE = r"""
 import importlib, sys
 
 def resolve(name):
@@ -81,54 +92,17 @@ def resolve(name):
             try:
                 obj = getattr(obj, attr)
             except AttributeError:
-                raise ImportError(f"{name!r}: module {module_name!r} has no attribute path {'.'.join(parts[i:])!r}") from None
+                missing = ".".join(parts[i:])
+                raise ImportError(f"{name!r}: module {module_name!r} has no attribute path {missing!r}") from None
         return obj
     raise ImportError(f"{name!r}: no importable module prefix")
-'''
-
-#: child process: import the names, follow the package's in-function imports, write {module: file} as JSON
-_COLLECT = (
-    _RESOLVE
-    + r'''
-import json, re
-package, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-for name in names:
-    resolve(name)
-import_line = re.compile(rf"^\s*(?:from\s+({package}(?:\.\w+)*)\s+import\s+(\([^)]*\)|[^\n#]+)|import\s+({package}(?:\.\w+)*))", re.M)
-scanned = set()
-while True:
-    todo = [m for m in list(sys.modules) if (m == package or m.startswith(package + ".")) and m not in scanned]
-    if not todo:
-        break
-    for module_name in todo:
-        scanned.add(module_name)
-        path = getattr(sys.modules[module_name], "__file__", None)
-        if not path:
-            continue
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-        for source_module, imported, plain in import_line.findall(source):
-            if plain:
-                resolve(plain)
-                continue
-            resolve(source_module)
-            for item in re.split(r"[\s,()]+", imported):
-                if item and item != "as" and not item.startswith("_"):
-                    try:
-                        importlib.import_module(f"{source_module}.{item}")
-                    except ImportError:
-                        pass  # an attribute, not a submodule
-files = {m: getattr(mod, "__file__", None) for m, mod in sys.modules.items() if m == package or m.startswith(package + ".")}
-with open(out, "w", encoding="utf-8") as f:
-    json.dump(files, f)
-'''
-)
+"""
 
 #: child process, started in an empty folder with no PYTHONPATH: block the repository's packages, drop the
 #: repository from sys.path, put the staged bundle first, import every ``scripts.*`` name, check bundle_root()
 _SELF_CHECK = (
     _RESOLVE
-    + r'''
+    + r"""
 import os
 bundle, blocked, names = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 attempts = []
@@ -150,7 +124,7 @@ if os.path.realpath(scripts.bundle_root()) != os.path.realpath(bundle):
     raise RuntimeError(f"scripts.bundle_root() returned {scripts.bundle_root()!r}, expected {bundle!r}")
 if attempts:
     raise RuntimeError(f"the packaged code tried to import {sorted(set(attempts))}")
-'''
+"""
 )
 
 
@@ -158,19 +132,20 @@ class PackagingError(ValueError):
     """A bundle cannot be packaged; the message names the file and the problem."""
 
 
-def rewrite_text(text: str) -> str:
-    """``text`` with the package name replaced by ``scripts`` (whole words only)."""
-    return _PACKAGE_WORD.sub(SCRIPTS, text)
+def rewrite_config_text(text: str) -> str:
+    """Config text with the runtime package's dotted names (``custom_modules.x``) renamed ``scripts.x``."""
+    return _RUNTIME_NAME.sub(SCRIPTS, text)
 
 
-def referenced_names(texts: Iterable[str], package: str = PACKAGE) -> list[str]:
+def referenced_names(texts: Iterable[str], package: str = RUNTIME_PACKAGE) -> list[str]:
     """Sorted dotted names ``<package>.a.b`` (at least one dot) found in ``texts``."""
     pattern = re.compile(rf"\b{re.escape(package)}(?:\.\w+)+")
     return sorted({match for text in texts for match in pattern.findall(text)})
 
 
-def _dump(content: Any) -> str:
-    return json.dumps(content, indent=4, ensure_ascii=False) + "\n"
+def is_tooling_config(text: str) -> bool:
+    """True when a config names the tooling (``raagr2_tools.``, ``data_prep.``, ``benchmarks.``)."""
+    return bool(_TOOLING_NAME.search(text))
 
 
 def _child_env() -> dict[str, str]:
@@ -179,8 +154,10 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(code: str, args: Sequence[str], cwd: str | Path, what: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env or _child_env(), capture_output=True, text=True)
+def _run_child(code: str, args: Sequence[str], cwd: str | Path, what: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=_child_env(), capture_output=True, text=True
+    )
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
         raise PackagingError(f"{what} failed (exit {result.returncode}):\n{tail}")
@@ -198,18 +175,17 @@ class BundlePackager:
         self.bundle_root = Path(bundle_root).resolve()
         self.output_dir = Path(output_dir)
         self.name = self.bundle_root.name
-        #: the folder that holds this repository's package (put on the collecting child's path)
-        self.package_dir = Path(sys.modules[PACKAGE].__file__).resolve().parent
+        #: the runtime layer's folder, copied as ``scripts/``
+        self.runtime_dir = Path(custom_modules.__file__).resolve().parent
 
     def run(self) -> Path:
         """Stage, self-check and zip the bundle; returns the zip's path."""
         self._check_layout()
         configs = self._rewritten_configs()
-        modules = self._collect_modules()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"package_{self.name}_") as tmp:
             staged = Path(tmp) / self.name
-            self._stage(staged, configs, modules)
+            self._stage(staged, configs)
             self._self_check(staged, configs)
             return self._zip(staged)
 
@@ -220,16 +196,22 @@ class BundlePackager:
             raise PackagingError(f"{root}/configs not found: {root} is not a bundle folder")
         for required in ("models/model.pt", "LICENSE"):
             if not (root / required).is_file():
-                raise PackagingError(f"{root / required} not found: a packaged bundle needs it (train or copy it first)")
+                raise PackagingError(
+                    f"{root / required} not found: a packaged bundle needs it (train or copy it first)"
+                )
 
     def _rewritten_configs(self) -> dict[str, str]:
-        """``configs/<file>.json`` -> rewritten JSON text (``scripts`` names, ``bundle_root`` component)."""
+        """``configs/<file>.json`` -> rewritten JSON text (``scripts`` names, ``bundle_root`` component), for
+        every runtime config (tooling configs stay behind)."""
         configs: dict[str, str] = {}
         for path in sorted((self.bundle_root / "configs").glob("*.json")):
+            text = path.read_text(encoding="utf-8")
             try:
-                content = json.loads(path.read_text(encoding="utf-8"))
+                content = json.loads(text)
             except json.JSONDecodeError as e:
                 raise PackagingError(f"{path} is not valid JSON: {e}") from None
+            if is_tooling_config(text):
+                continue
             content = self.rewrite_config(path.name, content)
             for key in ("imports", "+imports"):
                 lines = content.get(key, []) if isinstance(content, dict) else []
@@ -238,11 +220,14 @@ class BundlePackager:
                     raise PackagingError(
                         f"{path}: '{key}' imports custom code {bad}; 'imports' run at initialize, before the bundle "
                         f"folder is on sys.path, so a packaged bundle cannot import it there. Use a "
-                        f"'_target_' component instead (e.g. {{'_target_': '{PACKAGE}.data.load_datalist', ...}})."
+                        f"'_target_' component instead "
+                        f"(e.g. {{'_target_': '{RUNTIME_PACKAGE}.data.load_datalist', ...}})."
                     )
-            configs[path.name] = _dump(content)
+            configs[path.name] = json_text(content)
         if "inference.json" not in configs:
-            raise PackagingError(f"{self.bundle_root}/configs/inference.json not found: nothing to package for inference")
+            raise PackagingError(
+                f"{self.bundle_root}/configs/inference.json not found: nothing to package for inference"
+            )
         return configs
 
     @staticmethod
@@ -251,7 +236,7 @@ class BundlePackager:
 
         ``metadata.json`` also loses the requirement on this repository's own distribution (its code is inside).
         """
-        content = json.loads(rewrite_text(json.dumps(content, ensure_ascii=False)))
+        content = json.loads(rewrite_config_text(json.dumps(content, ensure_ascii=False)))
         if not isinstance(content, dict):
             return content
         if "bundle_root" in content:
@@ -263,28 +248,8 @@ class BundlePackager:
                         content[key].pop(package, None)
         return content
 
-    def _collect_modules(self) -> dict[str, Path]:
-        """Module name -> file of every package module that importing the configs' names loads."""
-        texts = [p.read_text(encoding="utf-8") for p in sorted((self.bundle_root / "configs").glob("*.json"))]
-        names = referenced_names(texts)
-        with tempfile.TemporaryDirectory(prefix="package_collect_") as tmp:
-            out = Path(tmp) / "modules.json"
-            env = _child_env()
-            env["PYTHONPATH"] = str(self.package_dir.parent)
-            _run_child(_COLLECT, [PACKAGE, str(out), *names], tmp, f"importing the custom code of {self.bundle_root}/configs", env)
-            found = json.loads(out.read_text())
-        modules: dict[str, Path] = {}
-        for module, file in found.items():
-            if not file:
-                continue
-            path = Path(file).resolve()
-            if self.package_dir not in path.parents:
-                raise PackagingError(f"module {module} was imported from {path}, outside {self.package_dir}")
-            modules[module] = path
-        return modules
-
     # --- staging --------------------------------------------------------------------------------------------
-    def _stage(self, staged: Path, configs: dict[str, str], modules: dict[str, Path]) -> None:
+    def _stage(self, staged: Path, configs: dict[str, str]) -> None:
         root = self.bundle_root
         staged.mkdir(parents=True)
         shutil.copy2(root / "LICENSE", staged / "LICENSE")
@@ -301,19 +266,7 @@ class BundlePackager:
                 shutil.copy2(root / "models" / name, staged / "models" / name)
         if (staged / "models" / "model.ts").is_file():
             self._rewrite_torchscript(staged / "models" / "model.ts")
-        self._stage_scripts(staged / SCRIPTS, modules)
-
-    def _stage_scripts(self, scripts: Path, modules: dict[str, Path]) -> None:
-        for path in sorted(set(modules.values())):
-            relative = path.relative_to(self.package_dir)
-            if relative == Path("__init__.py"):
-                continue
-            target = scripts / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(rewrite_text(path.read_text(encoding="utf-8")), encoding="utf-8")
-        scripts.mkdir(parents=True, exist_ok=True)
-        init = rewrite_text((self.package_dir / "__init__.py").read_text(encoding="utf-8"))
-        (scripts / "__init__.py").write_text(init.rstrip("\n") + "\n" + _BUNDLE_ROOT_FUNCTION, encoding="utf-8")
+        shutil.copytree(self.runtime_dir, staged / SCRIPTS, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     def _rewrite_torchscript(self, path: Path) -> None:
         """Re-save ``model.ts`` with its embedded JSON extra files (configs, metadata) rewritten like the configs."""
@@ -325,7 +278,9 @@ class BundlePackager:
         try:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
         except Exception as e:
-            raise PackagingError(f"{self.bundle_root}/models/model.ts cannot be loaded by torch.jit.load: {e}") from None
+            raise PackagingError(
+                f"{self.bundle_root}/models/model.ts cannot be loaded by torch.jit.load: {e}"
+            ) from None
         rewritten: dict[str, Any] = {}
         for name, data in extra_files.items():
             text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -333,7 +288,7 @@ class BundlePackager:
                 try:
                     text = json.dumps(self.rewrite_config(name, json.loads(text)))
                 except json.JSONDecodeError:
-                    text = rewrite_text(text)
+                    text = rewrite_config_text(text)
             rewritten[name] = text
         torch.jit.save(module, str(path), _extra_files=rewritten)
 
@@ -342,7 +297,7 @@ class BundlePackager:
         with tempfile.TemporaryDirectory(prefix="package_check_") as tmp:
             _run_child(
                 _SELF_CHECK,
-                [str(staged), ",".join(REPO_PACKAGES), *names],
+                [str(staged), ",".join((RUNTIME_PACKAGE, *TOOLING_PACKAGES)), *names],
                 tmp,
                 f"self-check of the packaged {self.name} (importing its scripts.* names without this repository)",
             )
@@ -355,6 +310,7 @@ class BundlePackager:
             with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for path in sorted(p for p in staged.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
                     archive.write(path, f"{self.name}/{path.relative_to(staged).as_posix()}")
+            os.chmod(tmp_name, 0o644)
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
@@ -364,7 +320,7 @@ class BundlePackager:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m raagr2_tools.shipping.package BUNDLE --output_dir DIR``: print the zip's path."""
-    parser = argparse.ArgumentParser(description="Package a bundle as a self-contained zip (custom code as scripts/).")
+    parser = argparse.ArgumentParser(description="Package a bundle as a self-contained zip (runtime code as scripts/).")
     parser.add_argument("bundle", type=Path, help="the bundle folder")
     parser.add_argument("--output_dir", type=Path, default=Path("dist"), help="where <name>.zip goes (default: dist)")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Activations are calibrated (MinMax) on real, preprocessed slices. The output head (the last ``Conv`` before the
 graph output) and everything after it (e.g. an output ``Sigmoid``) stay in float, so logits and probabilities
-keep full precision; see ``../shared/design/compression_notes.md`` section 4.4.
+keep full precision; see ``docs/compression.md``.
 """
 
 from __future__ import annotations
@@ -96,5 +96,12 @@ def quantize_int8(
         onnx.helper.set_model_props(quantised, {**props, "precision": "int8 (QDQ, per-channel weights, head in float)"})
         with atomic_path(int8_path) as final:
             onnx.save(quantised, str(final))
-    return {"calibration_slices": len(calibration_slices), "per_channel": per_channel, "float_nodes": excluded,
-            "calibration": "MinMax", "format": "QDQ", "activations": "uint8", "weights": "int8"}
+    return {
+        "calibration_slices": len(calibration_slices),
+        "per_channel": per_channel,
+        "float_nodes": excluded,
+        "calibration": "MinMax",
+        "format": "QDQ",
+        "activations": "uint8",
+        "weights": "int8",
+    }

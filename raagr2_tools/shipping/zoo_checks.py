@@ -46,7 +46,8 @@ def _files(bundle: Path) -> tuple[str, str, str]:
 
 
 def check_required_files(bundle: Path, schema: Path) -> None:
-    """``configs/metadata.json``, ``LICENSE`` (necessary), ``models/model.pt``, ``configs/inference.json`` (preferred)."""
+    """``configs/metadata.json``, ``LICENSE`` (necessary), ``models/model.pt``, ``configs/inference.json``
+    (preferred)."""
     missing = [name for name in REQUIRED_FILES if not (bundle / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{bundle} lacks {missing}")

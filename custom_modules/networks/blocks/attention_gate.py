@@ -1,4 +1,4 @@
-"""Attention gate of RAAGR2-Net (spec section 2.2): a per-channel, per-pixel gate on the encoder skip."""
+"""Attention gate of RAAGR2-Net (``docs/network.md``): a per-channel, per-pixel gate on the encoder skip."""
 
 from __future__ import annotations
 

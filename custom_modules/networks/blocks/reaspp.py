@@ -1,7 +1,7 @@
 """ReASPP3: the residual atrous spatial pyramid pooling encoder block of RAAGR2-Net.
 
-Spec: ``/work/shared/design/raagr2_spec.md`` section 2.2. The pieces are split so that a
-weight-shared variant (spec section 3) can reuse :class:`ReASPPFusion` from a separate file.
+Architecture: ``docs/network.md``. The pieces are split so that a
+weight-shared variant (``docs/network.md``) can reuse :class:`ReASPPFusion` from a separate file.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class ReASPPFusion(nn.Module):
 
 
 class ReASPP3(nn.Module):
-    """Baseline RAAGR2-Net encoder block ReASPP3(C->K), spec section 2.2.
+    """Baseline RAAGR2-Net encoder block ReASPP3(C->K), ``docs/network.md``
 
     Four parallel :class:`ReASPPBranch` es on the same input: grouped 3x3 with dilations
     ``grouped_dilations`` (default 1 and 3), then dense 3x3 with ``dense_dilations`` (default 6 and 9),

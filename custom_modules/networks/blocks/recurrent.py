@@ -1,4 +1,4 @@
-"""Recurrent residual (R2) decoder blocks of RAAGR2-Net (spec section 2.2)."""
+"""Recurrent residual (R2) decoder blocks of RAAGR2-Net (``docs/network.md``)."""
 
 from __future__ import annotations
 

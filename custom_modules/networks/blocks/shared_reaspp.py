@@ -1,4 +1,4 @@
-"""Weight-shared ReASPP3 encoder blocks of the shared RAAGR2-Net variants (spec section 3).
+"""Weight-shared ReASPP3 encoder blocks of the shared RAAGR2-Net variants (``docs/network.md``).
 
 One depthwise 3x3 kernel (:class:`SharedDepthwiseKernel`) is applied at several dilations inside a block
 (:class:`SharedReASPP3`). ``"depthwise"`` uses one kernel for dilations 1/3/6/9; ``"paired"`` uses two
@@ -76,7 +76,7 @@ class SharedReASPPBranch(nn.Module):
 
 
 class SharedReASPP3(nn.Module):
-    """Shared-depthwise ReASPP3(C->K), spec section 3.
+    """Shared-depthwise ReASPP3(C->K), ``docs/network.md``
 
     Each :class:`SharedDepthwiseKernel` in ``kernels`` is applied at the dilations of its group in
     ``dilation_groups``; branch ``i`` (:class:`SharedReASPPBranch`) takes the ``i``-th depthwise output in

@@ -1,4 +1,4 @@
-"""Decoder upsampling block of RAAGR2-Net (spec section 2.2)."""
+"""Decoder upsampling block of RAAGR2-Net (``docs/network.md``)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,9 @@ def pruned_network(
     grouped convs (:func:`merge_split_convs`, the deployed form). Load the pruned ``state_dict`` afterwards
     (``torch.load(..., weights_only=True)`` works: no pickled modules are involved).
     """
-    history = load_pruning_history(pruning_history) if isinstance(pruning_history, (str, Path)) else list(pruning_history)
+    history = (
+        load_pruning_history(pruning_history) if isinstance(pruning_history, (str, Path)) else list(pruning_history)
+    )
     split_grouped_convs(network)
     if history:
         device = next(network.parameters()).device

@@ -1,6 +1,6 @@
 """Structural fixes that let Torch-Pruning 1.6.1 prune the *whole* RAAGR2-Net.
 
-Two constructs of the network break plain torch-pruning 1.6.1 (``compression_notes.md`` section 1.7):
+Two constructs of the network break plain torch-pruning 1.6.1 (``docs/compression.md``):
 
 1. **Channel-multiplier grouped convs** ``Conv2d(C, m*C, groups=C)`` (ReASPP branches 1-2): torch-pruning
    prunes their input channels as if they were dense (``IndexError`` in ``importance.py``). Fixed
@@ -64,7 +64,13 @@ class SplitGroupedConv(nn.Module):
     """
 
     def __init__(
-        self, channels: int, multiplier: int, kernel_size: int = 3, padding: int = 1, dilation: int = 1, bias: bool = True
+        self,
+        channels: int,
+        multiplier: int,
+        kernel_size: int = 3,
+        padding: int = 1,
+        dilation: int = 1,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.slots = nn.ModuleList(
@@ -242,7 +248,9 @@ def input_bound_layers(net: nn.Module, example_inputs: torch.Tensor) -> List[nn.
     return found
 
 
-def build_dependency_graph(net: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
+def build_dependency_graph(
+    net: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()
+) -> tp.DependencyGraph:
     """A torch-pruning dependency graph of a prunable RAAGR2-Net (after :func:`split_grouped_convs`), with the
     untracked-concat fix applied."""
     graph = tp.DependencyGraph().build_dependency(

@@ -1,0 +1,92 @@
+"""The layer boundary: the runtime layer (``custom_modules``, what bundle configs name and packaged bundles ship)
+imports none of the tooling, and imports itself only relatively (so it ships unchanged as ``scripts/``)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+RUNTIME = "custom_modules"
+TOOLING = ("raagr2_tools", "data_prep", "benchmarks")
+BUNDLES = sorted(p.parent.parent for p in (REPO_ROOT / "bundles").glob("*/configs/inference.json"))
+
+
+def boundary_violations(package_dir: Path, runtime: str = RUNTIME, tooling: tuple[str, ...] = TOOLING) -> list[str]:
+    """``"<file>:<line>: <problem>"`` for every import in the package at ``package_dir`` that reaches the
+    tooling, or the package itself by its absolute name (every import statement, in functions too)."""
+    problems = []
+    for path in sorted(package_dir.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                where = f"{path.relative_to(package_dir.parent)}:{node.lineno}"
+                if top in tooling:
+                    problems.append(f"{where}: the runtime layer imports the tooling module {name}")
+                elif top == runtime:
+                    problems.append(f"{where}: absolute import of {name} (use a relative import)")
+    return problems
+
+
+def test_runtime_layer_imports_no_tooling() -> None:
+    assert boundary_violations(REPO_ROOT / RUNTIME) == []
+
+
+def test_the_boundary_check_catches_a_runtime_to_tooling_import(tmp_path: Path) -> None:
+    """A copy of the runtime layer with one deliberately added tooling import fails the check."""
+    import shutil
+
+    copy = shutil.copytree(REPO_ROOT / RUNTIME, tmp_path / RUNTIME, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "losses" / "weighted_bce_dice.py"
+    target.write_text(target.read_text() + "\n\ndef _report():\n    from raagr2_tools.reports import markdown_table\n")
+    absolute = copy / "transforms" / "case_id.py"
+    absolute.write_text("import custom_modules.constants\n" + absolute.read_text())
+    problems = boundary_violations(copy)
+    assert any("weighted_bce_dice.py" in p and "raagr2_tools.reports" in p for p in problems), problems
+    assert any("case_id.py:1: absolute import of custom_modules.constants" in p for p in problems), problems
+    assert len(problems) == 2
+
+
+#: child process: instantiate a bundle's ``network_def`` (and the pruned rebuild) and list the repository
+#: modules that got imported
+_CLOSURE = r"""
+import json, sys
+from monai.bundle import ConfigParser
+bundle, tooling = sys.argv[1], tuple(sys.argv[2].split(","))
+parser = ConfigParser()
+parser.read_config(f"{bundle}/configs/inference.json")
+parser["bundle_root"] = bundle
+net = parser.get_parsed_content("network_def")
+pruned = ConfigParser({"net": {"_target_": "custom_modules.networks.pruned.pruned_network",
+                               "network": parser.get("network_def"), "pruning_history": []}})
+pruned.get_parsed_content("net")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in tooling + ("custom_modules",))
+print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_network_def_closure_loads_no_tooling(bundle: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _CLOSURE, str(bundle), ",".join(TOOLING)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "custom_modules.networks.pruned.rebuild" in loaded
+    assert [m for m in loaded if m.split(".")[0] != RUNTIME] == []
