@@ -90,3 +90,27 @@ def test_network_def_closure_loads_no_tooling(bundle: Path) -> None:
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert "custom_modules.networks.pruned.rebuild" in loaded
     assert [m for m in loaded if m.split(".")[0] != RUNTIME] == []
+
+
+def _dotted_targets(node: object) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["_target_"]} if isinstance(node.get("_target_"), str) else set()
+        return found.union(*(_dotted_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_dotted_targets(v) for v in node))
+    return set()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_every_repository_target_of_the_configs_resolves(bundle: Path) -> None:
+    """Each ``_target_`` of this repository's packages in a bundle's configs names an existing object."""
+    from monai.utils import optional_import
+
+    targets = set()
+    for path in (bundle / "configs").glob("*.json"):
+        targets |= {t for t in _dotted_targets(json.loads(path.read_text())) if t.split(".")[0] in (RUNTIME, *TOOLING)}
+    assert targets
+    for target in sorted(targets):
+        module, _, name = target.rpartition(".")
+        _, found = optional_import(module, name=name)
+        assert found, f"{bundle.name}: _target_ {target} does not resolve"

@@ -20,13 +20,13 @@ from raagr2_tools.shipping import ZOO_CHECKS, BundlePackager, PackagingError, ve
 from raagr2_tools.shipping.package import MODEL_FILES
 from raagr2_tools.shipping.zoo_checks import bundle_on_sys_path
 
+#: bundle runs in child processes: the slow end-to-end selection
+pytestmark = pytest.mark.e2e
+
 #: a child process that cannot see this repository: its packages blocked, its folder off sys.path; it then runs
 #: ``python -m monai.bundle <argv>`` and reports what it tried to import from the repository
 NO_REPO_RUNNER = r"""
 import os, runpy, sys
-
-#: bundle runs in child processes: the slow end-to-end selection
-pytestmark = pytest.mark.e2e
 blocked = ("custom_modules", "raagr2_tools", "data_prep", "benchmarks")
 attempts = []
 
@@ -190,8 +190,15 @@ def test_self_check_rejects_code_that_needs_the_repository(deploy_bundles: dict[
     bundle = _bundle_copy(deploy_bundles["raagr2_baseline"], tmp_path / "raagr2_baseline")
     config = bundle / "configs" / "inference.json"
     content = json.loads(config.read_text())
-    content["needs_data_prep"] = {"_target_": "raagr2_tools.jobs.main_job.main", "_mode_": "callable"}
+    content["needs_tooling"] = {"_target_": "raagr2_tools.jobs.main_job.main", "_mode_": "callable"}
     config.write_text(json.dumps(content, indent=4) + "\n")
-    with pytest.raises(PackagingError, match=r"(?s)self-check of the packaged raagr2_baseline.*data_prep"):
+    with pytest.raises(
+        PackagingError, match=r"inference\.json names the tooling \['raagr2_tools\.jobs\.main_job\.main'\]"
+    ):
+        BundlePackager(bundle, tmp_path / "dist").run()
+    content.pop("needs_tooling")
+    content["missing"] = {"_target_": "custom_modules.transforms.NoSuchTransform", "_mode_": "callable"}
+    config.write_text(json.dumps(content, indent=4) + "\n")
+    with pytest.raises(PackagingError, match=r"(?s)self-check of the packaged raagr2_baseline.*NoSuchTransform"):
         BundlePackager(bundle, tmp_path / "dist").run()
     assert not list((tmp_path / "dist").glob("*.zip"))

@@ -16,7 +16,6 @@ from custom_modules.networks import RAAGR2Net
 from raagr2_tools.shipping import ZOO_CHECKS, verify_bundle
 from raagr2_tools.shipping.verify import main as verify_main
 
-
 REPO_BUNDLES = sorted(p for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
 #: the checks that need no trained weights (the repository's bundles have no models/model.pt in git)
 STATIC_CHECKS = ["json_format", "version_in_changelog", "metadata_schema", "net_in_out"]

@@ -8,9 +8,9 @@ The zip holds a folder ``<name>/`` (``<name>`` = the bundle folder's name) laid 
 The runtime layer imports itself only relatively and never imports the tooling (a test walks its import
 graph), so it works unchanged under the package name ``scripts``: no Python source is rewritten. Only the
 JSON configs (and the configs embedded in ``model.ts``) have their ``custom_modules.`` names replaced by
-``scripts.``. Tooling configs (those naming ``raagr2_tools``, ``data_prep`` or ``benchmarks``: ``export.json``,
-``compress.json``) stay behind, and so does every tooling module: a packaged bundle trains, evaluates and
-infers, and exporting or compressing it again needs raagr2-slim.
+``scripts.``. The tooling configs (:data:`TOOLING_CONFIGS`: ``export.json``, ``compress.json``) stay behind,
+and so does every tooling module: a packaged bundle trains, evaluates and infers; exporting or compressing it
+again needs raagr2-slim. Any other config that names the tooling is refused.
 
 Unzipped anywhere, ``python -m monai.bundle run --config_file <name>/configs/inference.json ...`` works on a
 machine with only the requirements installed: ``ConfigWorkflow.run()`` puts the bundle folder on ``sys.path``
@@ -39,6 +39,7 @@ from typing import Any
 
 import custom_modules
 from custom_modules.files import json_text
+from raagr2_tools.authoring.variant import GENERATED_KEY
 
 __all__ = [
     "BundlePackager",
@@ -46,6 +47,7 @@ __all__ = [
     "RUNTIME_PACKAGE",
     "SCRIPTS",
     "MODEL_FILES",
+    "TOOLING_CONFIGS",
     "TOOLING_PACKAGES",
     "referenced_names",
     "rewrite_config_text",
@@ -57,6 +59,8 @@ RUNTIME_PACKAGE = custom_modules.__name__
 SCRIPTS = "scripts"
 #: the repository's tooling packages: a packaged bundle never contains or imports them
 TOOLING_PACKAGES = ("raagr2_tools", "data_prep", "benchmarks")
+#: configs that run the tooling (export, packaging, compression): not part of a packaged bundle
+TOOLING_CONFIGS = ("export.json", "compress.json")
 #: the files of ``models/`` that a packaged bundle carries (``model.pt`` is required)
 MODEL_FILES = (
     "model.pt",
@@ -69,7 +73,7 @@ MODEL_FILES = (
 )
 
 _RUNTIME_NAME = re.compile(rf"\b{RUNTIME_PACKAGE}(?=\.)")
-_TOOLING_NAME = re.compile(rf"\b(?:{'|'.join(TOOLING_PACKAGES)})\.\w")
+_TOOLING_NAME = re.compile(rf"\b(?:{'|'.join(TOOLING_PACKAGES)})(?:\.\w+)+")
 _SCRIPTS_WORD = re.compile(rf"\b{SCRIPTS}\b")
 _BUNDLE_ROOT = {"_target_": f"{SCRIPTS}.bundle_root"}
 _PACKAGE_ONLY_REQUIREMENTS = ("raagr2-slim",)
@@ -143,9 +147,10 @@ def referenced_names(texts: Iterable[str], package: str = RUNTIME_PACKAGE) -> li
     return sorted({match for text in texts for match in pattern.findall(text)})
 
 
-def is_tooling_config(text: str) -> bool:
-    """True when a config names the tooling (``raagr2_tools.``, ``data_prep.``, ``benchmarks.``)."""
-    return bool(_TOOLING_NAME.search(text))
+def tooling_names(text: str) -> list[str]:
+    """Sorted dotted names of the tooling packages (``raagr2_tools.x``, ``data_prep.x``, ``benchmarks.x``) in
+    ``text``."""
+    return sorted(set(_TOOLING_NAME.findall(text)))
 
 
 def _child_env() -> dict[str, str]:
@@ -210,8 +215,16 @@ class BundlePackager:
                 content = json.loads(text)
             except json.JSONDecodeError as e:
                 raise PackagingError(f"{path} is not valid JSON: {e}") from None
-            if is_tooling_config(text):
+            if path.name in TOOLING_CONFIGS:
                 continue
+            if isinstance(content, dict):
+                content.pop(GENERATED_KEY, None)  # the note names the generator in this repository
+            tooling = tooling_names(json.dumps(content))
+            if tooling:
+                raise PackagingError(
+                    f"{path} names the tooling {tooling}: a packaged bundle ships only the runtime layer "
+                    f"({RUNTIME_PACKAGE}); move the item to a tooling config ({', '.join(TOOLING_CONFIGS)})"
+                )
             content = self.rewrite_config(path.name, content)
             for key in ("imports", "+imports"):
                 lines = content.get(key, []) if isinstance(content, dict) else []
