@@ -168,6 +168,8 @@ def test_structured_run_writes_bundle_report_and_work_dir(depgraph_bundle: Path,
     for step in steps:
         assert isinstance(step["onnx_max_abs_diff"], float) and step["onnx_max_abs_diff"] <= 1e-4, step
     assert report["snip"] is None and report["layers"]
+    final = report["final_onnx_check"]  # the deployed (merged) network, exported as `run export` ships it
+    assert final["exporter"] == "dynamo" and final["max_abs_diff"] <= 1e-4, final
     for stage in ("teacher", "pruned_before_finetune", "finetuned"):
         assert set(report["dice"][stage]) == {"wt", "tc", "et"}, stage
     assert not (depgraph_bundle / "eval").exists() and not (depgraph_bundle / "models" / "checkpoint_last.pt").exists()

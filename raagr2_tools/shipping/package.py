@@ -142,15 +142,30 @@ def rewrite_config_text(text: str) -> str:
 
 
 def referenced_names(texts: Iterable[str], package: str = RUNTIME_PACKAGE) -> list[str]:
-    """Sorted dotted names ``<package>.a.b`` (at least one dot) found in ``texts``."""
+    """Sorted dotted names ``<package>.a.b`` (at least one dot) found in ``texts`` (e.g. ``_target_`` values)."""
     pattern = re.compile(rf"\b{re.escape(package)}(?:\.\w+)+")
     return sorted({match for text in texts for match in pattern.findall(text)})
 
 
-def tooling_names(text: str) -> list[str]:
-    """Sorted dotted names of the tooling packages (``raagr2_tools.x``, ``data_prep.x``, ``benchmarks.x``) in
-    ``text``."""
-    return sorted(set(_TOOLING_NAME.findall(text)))
+def _executed_strings(node: Any) -> Iterable[str]:
+    """The strings of a config that run code: ``_target_`` values and ``$`` expressions (not descriptions)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                yield value
+            else:
+                yield from _executed_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _executed_strings(value)
+    elif isinstance(node, str) and node.startswith("$"):
+        yield node
+
+
+def tooling_names(content: Any) -> list[str]:
+    """Sorted dotted names of the tooling packages (``raagr2_tools.x``, ``data_prep.x``, ``benchmarks.x``) that
+    a config's ``_target_`` values and ``$`` expressions name."""
+    return sorted({name for text in _executed_strings(content) for name in _TOOLING_NAME.findall(text)})
 
 
 def _child_env() -> dict[str, str]:
@@ -219,7 +234,7 @@ class BundlePackager:
                 continue
             if isinstance(content, dict):
                 content.pop(GENERATED_KEY, None)  # the note names the generator in this repository
-            tooling = tooling_names(json.dumps(content))
+            tooling = tooling_names(content)
             if tooling:
                 raise PackagingError(
                     f"{path} names the tooling {tooling}: a packaged bundle ships only the runtime layer "
@@ -306,7 +321,8 @@ class BundlePackager:
         torch.jit.save(module, str(path), _extra_files=rewritten)
 
     def _self_check(self, staged: Path, configs: dict[str, str]) -> None:
-        names = referenced_names(configs.values(), package=SCRIPTS)
+        executed = [text for config in configs.values() for text in _executed_strings(json.loads(config))]
+        names = referenced_names(executed, package=SCRIPTS)
         with tempfile.TemporaryDirectory(prefix="package_check_") as tmp:
             _run_child(
                 _SELF_CHECK,
