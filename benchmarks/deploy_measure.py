@@ -82,13 +82,8 @@ def build_network(spec: dict[str, Any], log: Callable[[str], None]) -> tuple[nn.
     prune = spec.get("prune")
     if prune:
         from custom_modules.networks.complexity import count_parameters
-        from raagr2_tools.compression import (
-            StructuredPruner,
-            get_criterion,
-            make_importance,
-            make_schedule,
-            merge_split_convs,
-        )
+        from custom_modules.networks.pruned import merge_split_convs
+        from raagr2_tools.compression import StructuredPruner, get_criterion, make_importance, make_schedule
 
         log(
             f"pruning {prune['ratio']:.0%} of the channels ({prune['criterion']}, one shot, "

@@ -114,3 +114,37 @@ def test_every_repository_target_of_the_configs_resolves(bundle: Path) -> None:
         module, _, name = target.rpartition(".")
         _, found = optional_import(module, name=name)
         assert found, f"{bundle.name}: _target_ {target} does not resolve"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_import_of_repository_code_resolves() -> None:
+    """Each ``from <package> import name`` of this repository's packages (in functions too, where a moved
+    module would only fail at run time) names an existing module or attribute."""
+    import importlib
+
+    packages = (RUNTIME, *TOOLING)
+    missing = []
+    for path in sorted(p for pkg in packages for p in (REPO_ROOT / pkg).rglob("*.py")):
+        package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] in packages:
+                module = node.module
+            else:
+                continue
+            imported = importlib.import_module(module)
+            for alias in node.names:
+                if not hasattr(imported, alias.name):
+                    try:
+                        importlib.import_module(f"{module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {module} has no {alias.name}")
+    assert missing == []
