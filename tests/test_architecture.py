@@ -148,3 +148,20 @@ def test_every_import_of_repository_code_resolves() -> None:
                     except ImportError:
                         missing.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {module} has no {alias.name}")
     assert missing == []
+
+
+def test_the_compression_core_knows_nothing_of_monai_or_ignite() -> None:
+    """Only the MONAI glue (``step.py``) imports MONAI or Ignite: the loop, engine, criteria, schedules, SNIP,
+    distillation, settings and resume record are plain PyTorch (the bundle writer edits configs through
+    ``raagr2_tools.authoring``)."""
+    core = REPO_ROOT / "raagr2_tools" / "compression"
+    offenders = []
+    for path in sorted(core.glob("*.py")):
+        if path.name in ("step.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] in ("monai", "ignite")]
+    assert offenders == []
