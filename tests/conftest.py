@@ -1,8 +1,9 @@
 """Shared fixtures: tiny phantom datasets, the project's real cases, and the tiny-network settings overlay.
 
-Real cases and the metadata schema are read from the folder given by ``--shared-dir`` (or the environment
+Real cases and the metadata schema are read from the folder given by ``--shared-dir=DIR`` (or the environment
 variable ``RAAGR2_SHARED_DIR``): ``<dir>/data/tcga_lgg_brainles`` and ``<dir>/schema/meta_schema_20240725.json``.
-Tests that need them skip without it.
+Tests that need them skip without it. Write the option with ``=``: as two words pytest takes ``DIR`` for a
+test path before this file has registered the option.
 """
 
 from __future__ import annotations
