@@ -28,13 +28,3 @@ class TrainingHooks:
     on_start: list[Hook] = field(default_factory=list)
     after_backward: list[Hook] = field(default_factory=list)
     after_step: list[Hook] = field(default_factory=list)
-
-    def __add__(self, other: TrainingHooks) -> TrainingHooks:
-        return TrainingHooks(
-            self.on_start + other.on_start,
-            self.after_backward + other.after_backward,
-            self.after_step + other.after_step,
-        )
-
-    def __bool__(self) -> bool:
-        return bool(self.on_start or self.after_backward or self.after_step)

@@ -172,7 +172,7 @@ class CompressionLoop:
 
     def _finetune(self, epochs: int, hooks: TrainingHooks | None = None) -> None:
         if epochs > 0:
-            self.callbacks.finetune(int(epochs), hooks or TrainingHooks())
+            self.callbacks.finetune(int(epochs), TrainingHooks() if hooks is None else hooks)
 
     # ------------------------------------------------------------------------------------------------------
     def _prune_structured(self, pruner: StructuredPruner, record: dict[str, Any]) -> None:

@@ -42,10 +42,9 @@ REAL_SETTINGS = SETTINGS_DIR / "real.json"
 PHANTOM_DATA_KEY = "phantom_data"
 
 
-def default_bundle() -> Path:
-    """``bundles/raagr2_baseline`` of the current directory (the repository root), else of this checkout."""
-    local = Path("bundles") / "raagr2_baseline"
-    return local if local.is_dir() else Path(__file__).resolve().parents[2] / "bundles" / "raagr2_baseline"
+#: this checkout: the default bundle and output folder lie inside it, as before
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "raagr2_baseline"
 
 
 def load_settings(path: Path) -> dict[str, Any]:
@@ -67,10 +66,10 @@ def load_settings(path: Path) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: bundles/raagr2_baseline)")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle folder (default: baseline)")
     parser.add_argument("--data", type=Path, default=None, help="BraTS-style folder; default: make phantoms")
     parser.add_argument(
-        "--workdir", type=Path, default=Path("runs") / "main_job", help="output folder (default: runs/main_job)"
+        "--workdir", type=Path, default=REPO_ROOT / "runs" / "main_job", help="output folder (default: runs/main_job)"
     )
     parser.add_argument(
         "--settings",
@@ -87,12 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_data(args: argparse.Namespace, workdir: Path, settings: dict[str, Any]) -> tuple[Path, Path]:
-    """Phantoms (as the overlay's ``phantom_data`` says) or the user's folder -> a patient-level datalist;
-    returns (dataset_dir, datalist)."""
+    """Phantoms (as the overlay's ``phantom_data`` says, else ``configs/phantom.json``'s) or the user's folder ->
+    a patient-level datalist; returns (dataset_dir, datalist)."""
     if args.data is None:
-        phantoms = settings.get(PHANTOM_DATA_KEY, {})
-        shape = tuple(int(s) for s in phantoms.get("shape", (64, 64, 32)))
-        cases = args.cases or int(phantoms.get("cases", 20))
+        phantoms = settings.get(PHANTOM_DATA_KEY) or load_settings(PHANTOM_SETTINGS)[PHANTOM_DATA_KEY]
+        shape = tuple(int(s) for s in phantoms["shape"])
+        cases = args.cases or int(phantoms["cases"])
         dataset_dir = workdir / "data"
         print(f"[1/5] writing {cases} phantom cases of {shape} voxels to {dataset_dir}", flush=True)
         write_phantom_dataset(dataset_dir, cases, args.seed, shape=shape)
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    bundle = (args.bundle or default_bundle()).resolve()
+    bundle = args.bundle.resolve()
     configs = bundle / "configs"
     overlay = (args.settings or (PHANTOM_SETTINGS if args.data is None else REAL_SETTINGS)).resolve()
     settings = load_settings(overlay)

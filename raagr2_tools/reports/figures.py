@@ -8,14 +8,14 @@ from typing import Any
 __all__ = ["new_figure", "save_figure"]
 
 
-def new_figure(figsize: tuple[float, float] = (5, 4), **subplots: Any) -> tuple[Any, Any]:
+def new_figure(figsize: tuple[float, float] = (5, 4)) -> tuple[Any, Any]:
     """A matplotlib figure and axes on the non-interactive Agg backend (headless machines, CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize, dpi=120, **subplots)
+    return plt.subplots(figsize=figsize, dpi=120)
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
