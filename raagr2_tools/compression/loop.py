@@ -75,15 +75,13 @@ class CompressionOutcome:
         finetuned: evaluation of the fine-tuned network.
         layers: channels kept per conv layer (before the merge of split convs).
         history: Torch-Pruning's pruning history (``None`` for unstructured ``snip``).
-        masks: SNIP masks by parameter name (empty for structured criteria).
-        measurements: ``complexity``, ``latency_ms``, ``final_onnx_max_abs_diff``.
+        measurements: ``flop_counter``, ``complexity``, ``final_onnx_check`` and ``latency_ms`` (when enabled).
     """
 
     record: dict[str, Any]
     finetuned: Evaluation
     layers: list[dict[str, Any]]
     history: list[Any] | None
-    masks: dict[str, Tensor] = field(default_factory=dict)
     measurements: dict[str, Any] = field(default_factory=dict)
 
 
@@ -153,14 +151,13 @@ class CompressionLoop:
         if self.criterion.structured:
             self._prune_structured(pruner, record)
         else:
-            masks = self._prune_snip(pruner, record, masks)
+            self._prune_snip(pruner, record, masks)
         finetuned = self.callbacks.evaluate("student", "after fine-tuning")
         outcome = CompressionOutcome(
             record=record,
             finetuned=finetuned,
             layers=pruner.layer_channels(),
             history=list(pruner.history) if self.criterion.structured else None,
-            masks=masks,
         )
         merge_split_convs(self.network)  # the deployed form: one grouped conv is faster than its split slots
         outcome.measurements = self._measure(pruner)
