@@ -3,14 +3,18 @@
 Usage::
 
     python -m data_prep.prepare --src DIR --out DATALIST.json [--val 0.15 --test 0.15 --seed 0] [--all-test]
+                                [--patients CASES.csv]
 
 Cases of every layout in :mod:`data_prep.layouts` are found, checked with
 :func:`data_prep.validation.inspect_case` (a bad case is skipped with one ``SKIP`` line) and split
-by patient with :func:`data_prep.split.split_by_case`. The JSON has a small header
-(``description``, ``dataset_dir``, ``modality_order``, ``labels``, ``seed``, fractions) and the
-lists ``training``, ``validation``, ``test`` of entries::
+by patient with :func:`data_prep.split.split_by_patient`: each case's patient id comes from the layout's
+rule in :mod:`data_prep.patients` (UPENN scan suffix, BraTS 2023 timepoint suffix, else the case id) or
+from ``--patients`` (a ``case_id,patient_id`` CSV, which wins for the cases it lists). The JSON has a
+small header (``description``, ``split_unit``, ``patient_ids_from``, ``dataset_dir``, ``modality_order``,
+``labels``, ``seed``, fractions) and the lists ``training``, ``validation``, ``test`` of entries::
 
-    {"case_id": str, "layout": str, "image": [t1c, t1, t2, flair] paths | one 4D path, "label": path}
+    {"case_id": str, "patient_id": str, "layout": str,
+     "image": [t1c, t1, t2, flair] paths | one 4D path, "label": path}
 
 With ``--all-test`` (segmenting new scans) a case whose label file does not exist is kept and its
 entry has no ``"label"`` key (MONAI inference reads only ``"image"``); without it, it is skipped.
@@ -34,7 +38,6 @@ Conventions, the same for every layout, so one MONAI pipeline reads them all:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -45,9 +48,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from custom_modules.files import write_json
 from data_prep.labels import BRATS_LABELS, remap_labels
 from data_prep.layouts import MODALITY_ORDER, Case, find_cases
-from data_prep.split import SPLITS, split_by_case, split_counts
+from data_prep.patients import assign_patients, read_patient_csv
+from data_prep.split import SPLITS, split_by_patient, split_counts
 from data_prep.validation import Loaded, fault_kind, inspect_case
 
 logger = logging.getLogger("data_prep.prepare")  # not __name__: "__main__" under python -m
@@ -103,11 +108,13 @@ def prepare_datalist(
     test_fraction: float = 0.15,
     seed: int = 0,
     all_test: bool = False,
+    patients_csv: str | os.PathLike | None = None,
 ) -> dict:
     """Find, validate and split the cases under ``src``; write and return the datalist ``out``.
 
     With ``all_test`` every case goes to ``test`` and a case without a label file is kept (its
-    entry has no ``"label"``); otherwise a missing label skips the case.
+    entry has no ``"label"``); otherwise a missing label skips the case. ``patients_csv`` maps case ids
+    to patient ids (see :func:`data_prep.patients.read_patient_csv`).
 
     Raises:
         FileNotFoundError: ``src`` is not a folder.
@@ -117,7 +124,8 @@ def prepare_datalist(
     src, out = Path(os.path.abspath(src)), Path(os.path.abspath(out))
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
-    split_counts(0, val_fraction, test_fraction)  # check the fractions before the slow part
+    split_counts(0, val_fraction, test_fraction)  # check the fractions and the CSV before the slow part
+    overrides = read_patient_csv(patients_csv) if patients_csv else {}
     out_dir = out.parent
     cases = find_cases(src, exclude=[out_dir / d for d in GENERATED_DIRS])
     entries: dict[str, dict] = {}
@@ -152,15 +160,28 @@ def prepare_datalist(
     )
     if not entries:
         raise RuntimeError(f"no usable case under {src}; nothing written")
-    split = split_by_case(entries, val_fraction, test_fraction, seed, all_test)
-    if len(entries) < 3 and not all_test:
+    case_patients = assign_patients({cid: e["layout"] for cid, e in entries.items()}, overrides)
+    for cid, entry in entries.items():
+        entries[cid] = {"case_id": cid, "patient_id": case_patients[cid], **entry}
+    split = split_by_patient(case_patients, val_fraction, test_fraction, seed, all_test)
+    n_patients = len(set(case_patients.values()))
+    if n_patients < 3 and not all_test:
         logger.info(
-            "note: only %d case(s) kept, small-dataset rule of data_prep.split applied "
-            "(1 case: test only; 2 cases: 1 training + 1 test)",
-            len(entries),
+            "note: only %d patient(s), small-dataset rule of data_prep.split applied "
+            "(1 patient: test only; 2 patients: 1 training + 1 test)",
+            n_patients,
         )
     datalist = {
-        "description": "BraTS-style brain tumour datalist written by data_prep.prepare; split by patient",
+        "description": (
+            "BraTS-style brain tumour datalist written by data_prep.prepare; split by patient "
+            "(all scans of a patient in one list; each entry names its patient_id)"
+        ),
+        "split_unit": "patient",
+        "patient_ids_from": (
+            f"{Path(patients_csv).as_posix()}, else the layout rules of data_prep.patients"
+            if patients_csv
+            else "the layout rules of data_prep.patients"
+        ),
         "dataset_dir": src.as_posix(),
         "modality_order": list(MODALITY_ORDER),
         "labels": {str(k): v for k, v in BRATS_LABELS.items()},
@@ -170,8 +191,13 @@ def prepare_datalist(
         **{name: [entries[cid] for cid in split[name]] for name in SPLITS},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(datalist, indent=2) + "\n")
-    logger.info("split by patient: %s", ", ".join(f"{n}={len(split[n])}" for n in SPLITS))
+    write_json(out, datalist, indent=2)
+    logger.info(
+        "split by patient (%d patients, %d cases): %s",
+        n_patients,
+        len(entries),
+        ", ".join(f"{n}={len(split[n])}" for n in SPLITS),
+    )
     logger.info("wrote %s", out)
     return datalist
 
@@ -189,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="put every case in 'test' and keep cases without a label file (to segment a folder)",
     )
+    parser.add_argument(
+        "--patients",
+        default=None,
+        help="CSV with columns case_id,patient_id; wins over the layout rules for the cases it lists",
+    )
     args = parser.parse_args(argv)
 
     pkg_logger = logging.getLogger("data_prep")
@@ -198,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pkg_logger.addHandler(handler)
     pkg_logger.setLevel(logging.INFO)
     try:
-        prepare_datalist(args.src, args.out, args.val, args.test, args.seed, args.all_test)
+        prepare_datalist(args.src, args.out, args.val, args.test, args.seed, args.all_test, args.patients)
         return 0
     except (OSError, ValueError, RuntimeError) as e:
         logger.error("ERROR: %s", e)

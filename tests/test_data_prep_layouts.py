@@ -12,7 +12,7 @@ import pytest
 from data_prep.labels import remap_labels
 from data_prep.layouts import MODALITY_ORDER, find_cases
 from data_prep.prepare import prepare_datalist
-from data_prep.split import split_by_case
+from data_prep.split import split_by_patient
 from data_prep.synthetic import write_phantom_dataset
 
 SHAPE = (16, 16, 8)
@@ -193,9 +193,13 @@ def test_split_by_patient_deterministic(tmp_path: Path) -> None:
     "n, expected", [(1, (0, 0, 1)), (2, (1, 0, 1)), (3, (1, 1, 1)), (4, (2, 1, 1)), (20, (14, 3, 3))]
 )
 def test_split_sizes_small(n: int, expected: tuple[int, int, int]) -> None:
-    split = split_by_case([f"c{i}" for i in range(n)], 0.15, 0.15, seed=0)
+    split = split_by_patient({f"c{i}": f"c{i}" for i in range(n)}, 0.15, 0.15, seed=0)
     assert tuple(len(split[k]) for k in ("training", "validation", "test")) == expected
-    assert split_by_case(["b", "a"], all_test=True) == {"training": [], "validation": [], "test": ["a", "b"]}
+    assert split_by_patient({"b": "b", "a": "a"}, all_test=True) == {
+        "training": [],
+        "validation": [],
+        "test": ["a", "b"],
+    }
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared TCGA-LGG BrainLes data not present")
