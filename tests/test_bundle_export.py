@@ -58,10 +58,13 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
         int8["calibration_slices"] == EXPORT_TEST_SETTINGS["calibration_slices"]
         and 0 < int8["calibration_tumour_slices"] < 8
     )
-    dice = report["dice"]["mean"]
+    assert not set(int8["calibration_patients"]) & set(report["dice"]["patients"]), "calibrated on scored patients"
+    dice = report["dice"]["summary"]
     for fmt in ("onnx_int8", "onnx_fp16"):
         for region in ("wt", "tc", "et"):
-            assert np.isfinite(dice[fmt][f"{region}_dice_delta"]) and 0 <= dice[fmt][f"{region}_dice_vs_fp32"] <= 1
+            delta, agreement = dice[fmt][f"{region}_dice_delta"], dice[fmt][f"{region}_dice_vs_fp32"]
+            assert delta["min"] <= delta["mean"] <= delta["max"] and delta["std"] >= 0
+            assert 0 <= agreement["min"] <= agreement["mean"] <= agreement["max"] <= 1
     assert not list(models.glob(".tmp_*")), "exports are staged and moved atomically"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -14,10 +13,14 @@ from ignite.engine import Engine, Events
 from monai.utils import string_list_all_gather
 
 from ..constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
+from ..files import atomic_path, write_json
+from ..metrics.hausdorff95 import HD95_DEFINITIONS
 from ..metrics.summary import region_summary
 from .distributed import is_main_process
 
 logger = logging.getLogger(__name__)
+#: what the region metrics score (recorded in every report)
+SCORED = "the delivered BraTS label map read back as regions (WT = 1|2|4, TC = 1|4, ET = 4)"
 
 
 def _case_id(item: Mapping[str, Any], image_key: str) -> str:
@@ -52,6 +55,8 @@ class RegionMetricsWriter:
         prefix: prefix of the summary keys put into ``engine.state.metrics``.
         filename: base name of the report files.
         image_key: key of the image, whose file name identifies a case without ``case_id``.
+        hd95_definition: the HD95 metric's definition (a key of
+            :data:`custom_modules.metrics.HD95_DEFINITIONS`), recorded in the JSON; None: not recorded.
     """
 
     def __init__(
@@ -64,7 +69,11 @@ class RegionMetricsWriter:
         prefix: str = "val",
         filename: str = "per_case_metrics",
         image_key: str = "image",
+        hd95_definition: str | None = None,
     ) -> None:
+        if hd95_definition is not None and hd95_definition not in HD95_DEFINITIONS:
+            raise ValueError(f"hd95_definition must be one of {sorted(HD95_DEFINITIONS)}, got {hd95_definition!r}")
+        self.hd95_definition = hd95_definition
         self.output_dir = output_dir
         self.region_metrics = {"dice": dice_metric, **({"hd95": hd95_metric} if hd95_metric else {})}
         self.reference_metrics = dict(reference_metrics or {})
@@ -120,19 +129,25 @@ class RegionMetricsWriter:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         base = os.path.join(self.output_dir, self.filename)
-        with open(base + ".csv", "w", newline="") as f:
+        with atomic_path(base + ".csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
             writer.writerow({"case": "mean", **mean})
-        with open(base + ".json", "w") as f:
-            json.dump(
-                {
-                    "epoch": engine.state.epoch,
-                    "cases": rows,
-                    "mean": mean,
-                    "std": {c: stats["std"] for c, stats in summary.items()},
-                },
-                f,
-                indent=2,
-            )
+        definition = (
+            {"name": self.hd95_definition, "description": HD95_DEFINITIONS[self.hd95_definition]}
+            if self.hd95_definition
+            else None
+        )
+        write_json(
+            base + ".json",
+            {
+                "epoch": engine.state.epoch,
+                "scored": SCORED,
+                "hd95_definition": definition,
+                "cases": rows,
+                "mean": mean,
+                "std": {c: stats["std"] for c, stats in summary.items()},
+            },
+            indent=2,
+        )

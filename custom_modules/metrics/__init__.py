@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from monai.metrics import DiceMetric
 
-from .hausdorff95 import BRATS_EMPTY_PENALTY, BraTSHausdorff95Metric
+from .hausdorff95 import BRATS_EMPTY_PENALTY, HD95_DEFINITIONS, BraTSHausdorff95Metric
 from .reference import ReferenceMeanIoUMetric, ReferenceSoftDiceMetric
 from .summary import region_summary
 
@@ -15,6 +15,7 @@ __all__ = [
     "region_dice_metric",
     "BraTSHausdorff95Metric",
     "BRATS_EMPTY_PENALTY",
+    "HD95_DEFINITIONS",
     "ReferenceSoftDiceMetric",
     "ReferenceMeanIoUMetric",
     "region_summary",

@@ -1,6 +1,22 @@
 """Dictionary transforms and callables used by the bundle configs."""
 
 from .case_id import CaseIdToMetad, case_output_name
-from .label_map import RegionsToBraTSLabelsd, regions_to_brats_labels
+from .label_map import regions_to_brats_labels
+from .postprocess import (
+    DeliveredLabelMapd,
+    DeliveredRegionsd,
+    LabelMapPostprocessing,
+    delivered_regions,
+    postprocess_label_map,
+)
 
-__all__ = ["CaseIdToMetad", "RegionsToBraTSLabelsd", "case_output_name", "regions_to_brats_labels"]
+__all__ = [
+    "CaseIdToMetad",
+    "DeliveredLabelMapd",
+    "DeliveredRegionsd",
+    "LabelMapPostprocessing",
+    "case_output_name",
+    "delivered_regions",
+    "postprocess_label_map",
+    "regions_to_brats_labels",
+]

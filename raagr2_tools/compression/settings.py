@@ -114,9 +114,12 @@ class ReportSettings:
         eval_split: name of the datalist split the evaluators score (recorded).
         measure_latency: time teacher and pruned network on one example slice (same process).
         dice_metric, hd95_metric: names of the per-case region metrics in the evaluators.
+        hd95_definition: the HD95 definition the evaluators use (recorded; see
+            :data:`custom_modules.metrics.HD95_DEFINITIONS`).
     """
 
     eval_split: str = "test"
     measure_latency: bool = True
     dice_metric: str = "report_dice"
     hd95_metric: str = "report_hd95"
+    hd95_definition: str = "brats2023"

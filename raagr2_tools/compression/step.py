@@ -25,6 +25,8 @@ from torch import nn
 
 from custom_modules.constants import REGION_DISPLAY_ORDER
 from custom_modules.handlers import RegionMetricsWriter
+from custom_modules.handlers.region_metrics_writer import SCORED
+from custom_modules.metrics import HD95_DEFINITIONS
 from custom_modules.metrics.summary import region_summary
 from custom_modules.networks.variants import variant_sharing
 
@@ -159,6 +161,7 @@ class CompressionStep:
                 hd95_metric=report.hd95_metric,
                 prefix="report",
                 filename=f"{which}_per_case_metrics",
+                hd95_definition=report.hd95_definition,
             )
             writer.attach(evaluator)
             self.writers[which] = writer
@@ -284,4 +287,9 @@ class CompressionStep:
         for kind in ("dice", "hd95"):
             report[kind] = {stage: result[kind] for stage, result in stages.items()}
         report["per_case"] = {stage: result["cases"] for stage, result in stages.items()}
+        report["scored"] = SCORED
+        report["hd95_definition"] = {
+            "name": self.report.hd95_definition,
+            "description": HD95_DEFINITIONS[self.report.hd95_definition],
+        }
         return report

@@ -22,8 +22,9 @@ def load_cases(
     split: str,
     max_cases: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Cases of list ``split`` as the bundle's inference sees them: ``{"case_id", "image": (C, H, W, D) float32,
-    "label": (3, H, W, D) bool TC/WT/ET or None}``, one at a time (a BraTS volume is ~140 MB)."""
+    """Cases of list ``split`` as the bundle's inference sees them: ``{"case_id", "patient_id",
+    "image": (C, H, W, D) float32, "label": (3, H, W, D) bool TC/WT/ET or None}``, one at a time (a BraTS
+    volume is ~140 MB)."""
     entries = load_datalist(data_list_file_path, split, dataset_dir)[:max_cases]
     preprocessing = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
     labels = Compose(
@@ -32,7 +33,13 @@ def load_cases(
     for entry in entries:
         image = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()
         label = torch.as_tensor(labels({"label": entry["label"]})["label"]).bool() if entry.get("label") else None
-        yield {"case_id": entry.get("case_id", Path(str(entry["image"][0])).name), "image": image, "label": label}
+        case_id = entry.get("case_id", Path(str(entry["image"][0])).name)
+        yield {
+            "case_id": case_id,
+            "patient_id": entry.get("patient_id", case_id),
+            "image": image,
+            "label": label,
+        }
 
 
 def sample_slices(

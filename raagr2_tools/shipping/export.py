@@ -29,7 +29,8 @@ from monai.metrics import compute_dice
 
 from custom_modules.constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
 from custom_modules.files import write_text_atomic
-from custom_modules.inference import BrainSliceInferer, OnnxRuntimeNetwork
+from custom_modules.inference import OnnxRuntimeNetwork
+from custom_modules.transforms import LabelMapPostprocessing, delivered_regions
 from raagr2_tools.authoring.config import bundle_network, bundle_parser
 from raagr2_tools.reports.tables import markdown_table
 
@@ -176,12 +177,30 @@ class BundleExporter:
             return float((candidate(batch) - reference(batch)).abs().max())
 
     def _segment(self, net: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-        """(C, H, W, D) -> (3, H, W, D) bool, skipping empty slices and cropping to the brain (same for all)."""
-        inferer = BrainSliceInferer(
-            roi_size=image.shape[1:3], sw_batch_size=8, skip_empty_slices=True, crop_to_brain=True
+        """(C, H, W, D) -> (3, H, W, D) bool TC/WT/ET of the label map the bundle delivers: the inferer and the
+        post-processing options of ``configs/inference.json`` (its defaults: what ships), read back as regions."""
+        parser = bundle_parser(self.bundle_root)
+        inferer = parser.get_parsed_content("inferer", instantiate=True)
+        options = LabelMapPostprocessing(
+            *(parser.get_parsed_content(k) for k in ("keep_largest_component", "min_component_voxels", "et_min_voxels"))
         )
         with torch.no_grad():
-            return torch.sigmoid(inferer(image[None], net)[0]) > 0.5
+            return delivered_regions(torch.sigmoid(inferer(image[None], net)[0]) > 0.5, options)
+
+    def _check_disjoint_patients(
+        self, calibration: Sequence[dict[str, Any]], evaluation: Sequence[dict[str, Any]]
+    ) -> None:
+        """INT8 is calibrated on patients it is not scored on.
+
+        Raises:
+            ValueError: naming the datalist and the shared patients.
+        """
+        shared = sorted({c["patient_id"] for c in calibration} & {c["patient_id"] for c in evaluation})
+        if shared:
+            raise ValueError(
+                f"{self.data_list_file_path}: calibration split '{self.calibration_split}' and evaluation split "
+                f"'{self.eval_split}' share patients {shared}; calibrate on training patients only"
+            )
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -226,6 +245,8 @@ class BundleExporter:
                 calibration = load_cases(
                     self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split
                 )
+                calibration = list(calibration)
+                self._check_disjoint_patients(calibration, eval_cases)
                 cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
                 done = quantize_int8(self.models / FILES["onnx"], self.models / FILES["onnx_int8"], cal_slices)
                 report["formats"]["onnx_int8"] = {
@@ -233,6 +254,7 @@ class BundleExporter:
                     **done,
                     "calibration_split": self.calibration_split,
                     "calibration_tumour_slices": sum(r["tumour"] for r in cal_where),
+                    "calibration_patients": sorted({c["patient_id"] for c in calibration}),
                 }
             if "onnx_fp16" in self.formats:
                 logger.info("converting to FP16")
@@ -283,14 +305,35 @@ class BundleExporter:
             for region in REGION_CHANNELS:
                 key = f"{region}_dice"
                 if all(key in r[name] for r in rows):
-                    summary[name][f"{key}_delta"] = float(np.mean([r[name][key] - r["torch_fp32"][key] for r in rows]))
-                summary[name][f"{key}_vs_fp32"] = float(np.mean([r[name][f"{key}_vs_fp32"] for r in rows]))
+                    summary[name][f"{key}_delta"] = _spread([r[name][key] - r["torch_fp32"][key] for r in rows])
+                summary[name][f"{key}_vs_fp32"] = _spread([r[name][f"{key}_vs_fp32"] for r in rows])
         return {
             "split": self.eval_split,
-            "inference": "axial slices, empty slices skipped, cropped to the brain",
+            "patients": sorted({c["patient_id"] for c in cases}),
+            "inference": "inferer and post-processing of the bundle's inference.json as shipped; label map scored",
             "cases": rows,
-            "mean": summary,
+            "summary": summary,
         }
+
+
+def _points(spread: dict[str, float]) -> str:
+    """A Dice-delta spread in points x100: ``mean ± sd [min, max]``."""
+    return (
+        f"{100 * spread['mean']:+.2f} ± {100 * spread['std']:.2f} "
+        f"[{100 * spread['min']:+.2f}, {100 * spread['max']:+.2f}]"
+    )
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std", "min", "max", "n"}`` of per-case values (std with ddof=0; one case: std 0)."""
+    array = np.asarray(values, dtype=float)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": int(array.size),
+    }
 
 
 def render_export_markdown(report: dict[str, Any]) -> str:
@@ -319,19 +362,23 @@ def render_export_markdown(report: dict[str, Any]) -> str:
     if dice:
         lines += [
             "",
-            f"Region Dice on the `{dice['split']}` cases ({dice['inference']}); delta = format - PyTorch FP32, "
-            "in Dice points x100; agreement = Dice of the format's mask against PyTorch FP32's.",
+            f"Region Dice on the `{dice['split']}` patients {', '.join(dice['patients'])} ({dice['inference']}); "
+            "delta = format - PyTorch FP32, in Dice points x100, mean ± sd [min, max] over cases; "
+            "agreement = Dice of the format's mask against PyTorch FP32's, mean ± sd.",
             "",
         ]
         regions = [r.upper() for r in REGION_DISPLAY_ORDER]
         header = ["format"] + [f"{r} delta" for r in regions] + [f"{r} agreement" for r in regions]
         table = []
-        for name, mean in dice["mean"].items():
+        for name, summary in dice["summary"].items():
             deltas = [
-                f"{100 * mean[f'{r}_dice_delta']:+.2f}" if f"{r}_dice_delta" in mean else "n/a"
+                _points(summary[f"{r}_dice_delta"]) if f"{r}_dice_delta" in summary else "n/a"
                 for r in REGION_DISPLAY_ORDER
             ]
-            agree = [f"{mean[f'{r}_dice_vs_fp32']:.4f}" for r in REGION_DISPLAY_ORDER]
+            agree = [
+                f"{summary[f'{r}_dice_vs_fp32']['mean']:.4f} ± {summary[f'{r}_dice_vs_fp32']['std']:.4f}"
+                for r in REGION_DISPLAY_ORDER
+            ]
             table.append([name, *deltas, *agree])
         lines.append(markdown_table(header, table).rstrip("\n"))
     return "\n".join(lines) + "\n"
