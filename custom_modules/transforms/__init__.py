@@ -1,5 +1,6 @@
 """Dictionary transforms and callables used by the bundle configs."""
 
+from .brain import BrainMaskd
 from .case_id import CaseIdToMetad, case_output_name
 from .label_map import regions_to_brats_labels
 from .postprocess import (
@@ -11,6 +12,7 @@ from .postprocess import (
 )
 
 __all__ = [
+    "BrainMaskd",
     "CaseIdToMetad",
     "DeliveredLabelMapd",
     "DeliveredRegionsd",
