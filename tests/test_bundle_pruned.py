@@ -468,7 +468,7 @@ def test_killed_compression_resumes(phantom_dataset, teachers, tmp_path: Path) -
         out,
         method="magnitude_l1",
         ratio=0.3,
-        schedule="layerwise",
+        schedule="levelwise",
         variant="baseline",
     )
     name = "raagr2_pruned_magnitude_l1_30"

@@ -23,13 +23,14 @@ from custom_modules.networks.pruned.structure import (
 from raagr2_tools.compression import attach_training_hooks
 from raagr2_tools.compression.criteria import (
     METHODS,
-    LRPImportance,
+    LayerScoreImportance,
     SlimmingRegularizer,
     conv_relevance_maps,
     get_criterion,
-    lrp_relevance,
+    gradient_x_input_relevance,
     make_importance,
     pruner_class,
+    taylor_scores,
 )
 
 TINY = (4, 8, 16, 32, 64)
@@ -76,9 +77,9 @@ def test_get_criterion(name: str) -> None:
     assert c.name == name and c.reference
     assert c.structured == (name != "snip")
     assert c.from_init == (name in ("snip", "snip_structured"))
-    assert c.needs_batches == (name in ("taylor", "lrp", "snip_structured"))
+    assert c.needs_batches == (name in ("taylor", "gradient_x_input", "snip_structured"))
     assert c.sparse_training == (name == "slimming")
-    assert c.default_allocation == ("global" if name in ("slimming", "lrp", "snip", "snip_structured") else "uniform")
+    assert c.default_allocation == ("global" if name in ("slimming", "snip", "snip_structured") else "uniform")
     assert pruner_class(c) is (tp.pruner.BNScalePruner if name == "slimming" else tp.pruner.BasePruner)
 
 
@@ -107,8 +108,50 @@ def test_importance_types(nets: dict[str, nn.Module]) -> None:
     assert (dg.p, dg.group_reduction, dg.normalizer) == (2, "mean", "mean")
     assert isinstance(make_importance(get_criterion("slimming"), net), tp.importance.BNScaleImportance)
     taylor = make_importance(get_criterion("taylor"), net, random_batches(1), WeightedBCEDiceLoss(sigmoid=True))
-    assert isinstance(taylor, tp.importance.GroupTaylorImportance) and taylor.multivariable
-    assert net.head.weight.grad is not None and net.head.weight.grad.abs().sum() > 0  # left for pruner.step()
+    assert isinstance(taylor, LayerScoreImportance) and net.head in taylor.scores
+    assert net.head.weight.grad is None  # scores are computed; no gradients left behind
+
+
+def test_renamed_criterion_says_why() -> None:
+    with pytest.raises(ValueError, match="'lrp' was renamed gradient_x_input .*not an LRP rule"):
+        get_criterion("lrp")
+
+
+# ---------------------------------------------------------------------------------------------------- Taylor
+
+
+def test_taylor_squares_per_minibatch_then_averages() -> None:
+    """Molchanov et al. 2019: (sum_s g_s w_s)^2 per filter and minibatch, averaged over minibatches.
+
+    Two minibatches whose first-order terms have opposite signs: averaging the gradients first (the former
+    implementation) cancels them to ~0, the paper's score does not."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    net = nn.Sequential(conv).eval()
+    loss_fn = lambda out, target: (out * target).sum()  # noqa: E731  dL/dw_k = sum(x * target_k)
+    x = torch.ones(1, 1, 2, 2)
+    batches = [{"image": x, "label": torch.ones(1, 2, 2, 2)}, {"image": x, "label": -torch.ones(1, 2, 2, 2)}]
+    scores = taylor_scores(net, batches, loss_fn)[conv]
+    # per batch: g_k = +-4 (4 pixels), first order g_k * w_k = +-4 w_k; squared: 16 w_k^2; mean over both
+    torch.testing.assert_close(scores, torch.tensor([16.0, 64.0]))
+    mean_gradient = sum(torch.ones(2) * 4 * sign for sign in (1, -1)) / 2
+    assert torch.all(mean_gradient == 0), "the old averaged-gradient score would be exactly 0 here"
+
+
+def test_taylor_matches_explicit_per_batch_computation(nets: dict[str, nn.Module]) -> None:
+    net = copy.deepcopy(nets["none"])
+    batches, loss_fn = random_batches(3), WeightedBCEDiceLoss(sigmoid=True)
+    scores = taylor_scores(net, batches, loss_fn)
+    conv = net.head
+    expected = torch.zeros(conv.out_channels)
+    for batch in batches:
+        net.zero_grad()
+        loss_fn(net(batch["image"]), batch["label"]).backward()
+        first = (conv.weight.grad * conv.weight).flatten(1).sum(1) + conv.bias.grad * conv.bias
+        expected += first.detach().pow(2) / len(batches)
+    torch.testing.assert_close(scores[conv], expected)
 
 
 # ---------------------------------------------------------------------------------------------------- pruning
@@ -142,7 +185,7 @@ def test_structured_criterion_prunes(name: str, sharing: str, nets: dict[str, nn
         assert net(example).shape == (1, 3, 32, 32)
 
 
-# ---------------------------------------------------------------------------------------------------- LRP
+# ---------------------------------------------------------------------------------------------------- gradient x input
 
 
 def lrp0_conv(x: torch.Tensor, conv: nn.Conv2d, relevance: torch.Tensor) -> torch.Tensor:
@@ -153,7 +196,7 @@ def lrp0_conv(x: torch.Tensor, conv: nn.Conv2d, relevance: torch.Tensor) -> torc
     return x * c
 
 
-def test_lrp_conservation_and_explicit_rule() -> None:
+def test_gradient_x_input_is_lrp0_on_bias_free_relu_nets() -> None:
     torch.manual_seed(0)
     c1, c2, c3 = (
         nn.Conv2d(2, 5, 3, padding=1, bias=False),
@@ -181,29 +224,30 @@ def test_lrp_conservation_and_explicit_rule() -> None:
     assert float(r_x.sum()) == pytest.approx(total, rel=1e-9)
 
 
-def test_lrp_ranks_zeroed_filter_lowest(nets: dict[str, nn.Module]) -> None:
+def test_gradient_x_input_ranks_zeroed_filter_lowest(nets: dict[str, nn.Module]) -> None:
     net = copy.deepcopy(nets["none"])
     conv = net.up4.up[1]  # its group's only conv output: the group score is its own relevance
     batches = random_batches(1)
-    before = lrp_relevance(net, batches)[conv]
+    before = gradient_x_input_relevance(net, batches)[conv]
     k = int(before.argmax())
     with torch.no_grad():
         conv.weight[k].zero_()
         conv.bias[k].zero_()
-    relevance = lrp_relevance(net, batches)
+    relevance = gradient_x_input_relevance(net, batches)
     assert relevance[conv].shape == (conv.out_channels,) and float(before[k]) > 0
     graph = tp.DependencyGraph().build_dependency(net, torch.randn(1, 4, 32, 32))
     group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-    scores = LRPImportance(relevance)(group)
+    scores = LayerScoreImportance(relevance)(group)
     assert scores.shape == (conv.out_channels,)
     assert float(scores[k]) == 0.0 == float(scores.min())  # dead (never active) filters may tie at 0
     assert torch.equal(scores, relevance[conv])
 
 
-def test_lrp_iterative_pruning_refreshes_relevance(nets: dict[str, nn.Module]) -> None:
+@pytest.mark.parametrize("name", ["gradient_x_input", "taylor"])
+def test_layer_scores_refreshed_between_iterative_steps(nets: dict[str, nn.Module], name: str) -> None:
     net = copy.deepcopy(nets["depthwise"])
     example = torch.randn(1, 4, 32, 32)
-    importance = make_importance(get_criterion("lrp"), net, random_batches(1))
+    importance = make_importance(get_criterion(name), net, random_batches(1))
     pruner = tp.pruner.BasePruner(
         net,
         example,
@@ -217,11 +261,11 @@ def test_lrp_iterative_pruning_refreshes_relevance(nets: dict[str, nn.Module]) -
     )
     fix_untracked_concat_inputs(pruner.DG)
     pruner.step()
-    size1, widths1 = count_params(net), {m: m.out_channels for m in importance.relevance}
-    assert any(importance.relevance[m].shape[0] != w for m, w in widths1.items())  # stale after step 1
+    size1, widths1 = count_params(net), {m: m.out_channels for m in importance.scores}
+    assert any(importance.scores[m].shape[0] != w for m, w in widths1.items())  # stale after step 1
     pruner.step()
     assert count_params(net) < size1
-    assert all(importance.relevance[m].shape[0] == w for m, w in widths1.items())  # rescored before step 2
+    assert all(importance.scores[m].shape[0] == w for m, w in widths1.items())  # rescored before step 2
     with torch.no_grad():
         assert net(example).shape == (1, 3, 32, 32)
 

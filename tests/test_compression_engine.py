@@ -125,7 +125,7 @@ def test_shared_kernel_has_one_owner_and_follows_its_input() -> None:
     assert len(every) == len({id(p) for _, p in every})  # no second (stale) reference to any kernel
 
 
-@pytest.mark.parametrize("schedule", ["iterative", "layerwise"])
+@pytest.mark.parametrize("schedule", ["iterative", "levelwise"])
 def test_schedules_reach_the_target_widths(schedule: str) -> None:
     net = trained_like(RAAGR2Net(**SMALL))
     pruner = StructuredPruner(net, (1, 4, 32, 32), onnx_check=False)
@@ -142,10 +142,10 @@ def test_schedules_reach_the_target_widths(schedule: str) -> None:
             assert row["kept_out_channels"] == pytest.approx(row["teacher_out_channels"] * 0.5, abs=1), row
 
 
-def test_layerwise_step_prunes_only_its_group() -> None:
+def test_levelwise_step_prunes_only_its_group() -> None:
     net = trained_like(RAAGR2Net(**SMALL))
     pruner = StructuredPruner(net, (1, 4, 32, 32), onnx_check=False)
-    pruner.step(magnitude(), make_schedule("layerwise", 0.5)[0])  # level5: enc5 only
+    pruner.step(magnitude(), make_schedule("levelwise", 0.5)[0])  # level5: enc5 only
     changed = {
         r["name"].split(".")[0] for r in pruner.layer_channels() if r["kept_out_channels"] < r["teacher_out_channels"]
     }

@@ -137,7 +137,7 @@ def test_every_criterion_and_schedule_on_the_full_network(method: str, variant: 
             assert snip["zeros_after_finetune"] == snip["masked_weights"]  # masks held through fine-tuning
             assert calls.calls["after_step"] >= 1 and outcome.history is None
         else:
-            assert len(record["steps"]) == {"oneshot": 1, "iterative": 2, "layerwise": 5}[schedule]
+            assert len(record["steps"]) == {"oneshot": 1, "iterative": 2, "levelwise": 5}[schedule]
             assert outcome.measurements["complexity"]["pruned"]["params"] < teacher_params == count_parameters(template)
             assert count_parameters(net) == outcome.measurements["complexity"]["pruned"]["params"]
             if method == "slimming":

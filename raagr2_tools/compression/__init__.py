@@ -11,7 +11,7 @@ from .bundle_writer import pruned_bundle_name, write_pruned_bundle
 from .criteria import (
     METHODS,
     Criterion,
-    LRPImportance,
+    LayerScoreImportance,
     SlimmingRegularizer,
     get_criterion,
     make_importance,
@@ -39,7 +39,7 @@ __all__ = [
     "Criterion",
     "FineTuneSettings",
     "KnowledgeDistillationLoss",
-    "LRPImportance",
+    "LayerScoreImportance",
     "LoopCallbacks",
     "MaskEnforcer",
     "ProgressStore",

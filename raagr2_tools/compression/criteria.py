@@ -9,8 +9,12 @@ Every structured criterion is a :class:`Criterion` record (paper, allocation, wh
 ``slimming``         ``|gamma|`` of the BN after each conv, after L1-sparse training (Liu et al., ICCV 2017);
                      the sparse training is :class:`SlimmingRegularizer`, the pruner ``tp.pruner.BNScalePruner``.
 ``depgraph``         group L2 norm over all coupled layers, mean-normalised (Fang et al., CVPR 2023).
-``taylor``           ``|sum w dL/dw|`` per filter over the scoring batches (Molchanov et al., CVPR 2019).
-``lrp``              relevance of each conv output map (Yeom et al., Pattern Recognition 2021): :class:`LRPImportance`.
+``taylor``           ``(sum_filter w dL/dw)^2`` per filter and minibatch, averaged over the scoring minibatches
+                     (Molchanov et al., CVPR 2019, eq. 8 with the mean over minibatches): :func:`taylor_scores`.
+``gradient_x_input`` ``sum |a dS/da|`` of each conv output map ``a``: gradient x input relevance, ranked per
+                     layer (:func:`gradient_x_input_relevance`). It is the LRP-0 identity of Yeom et al. (Pattern
+                     Recognition 2021) only for bias-free ReLU networks; with BN, biases and attention gates it
+                     is not an LRP rule, so it is not called ``lrp``.
 ``snip``             unstructured connection sensitivity (Lee et al., ICLR 2019): see :mod:`.snip`.
 ``snip_structured``  connection sensitivity summed per filter, one batch at initialisation.
 ===================  ========================================================================================
@@ -37,9 +41,11 @@ __all__ = [
     "get_criterion",
     "make_importance",
     "pruner_class",
-    "LRPImportance",
+    "LayerScoreImportance",
     "conv_relevance_maps",
-    "lrp_relevance",
+    "gradient_x_input_relevance",
+    "taylor_scores",
+    "RENAMED_METHODS",
     "SlimmingRegularizer",
     "scoring_mode",
     "network_device",
@@ -48,7 +54,20 @@ __all__ = [
     "default_loss",
 ]
 
-METHODS = ("magnitude_l1", "magnitude_l2", "slimming", "depgraph", "taylor", "lrp", "snip", "snip_structured")
+METHODS = (
+    "magnitude_l1",
+    "magnitude_l2",
+    "slimming",
+    "depgraph",
+    "taylor",
+    "gradient_x_input",
+    "snip",
+    "snip_structured",
+)
+#: names no longer accepted, with why
+RENAMED_METHODS: dict[str, str] = {
+    "lrp": "gradient_x_input (it computes gradient x input relevance ranked per layer, not an LRP rule)",
+}
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -62,7 +81,7 @@ class Criterion:
         reference: the paper the criterion follows.
         structured: False only for ``"snip"`` (unstructured masks, :mod:`.snip`).
         from_init: scored on the freshly initialised network (``snip``, ``snip_structured``).
-        needs_batches: scoring needs data batches (``taylor``, ``lrp``, ``snip_structured``).
+        needs_batches: scoring needs data batches (``taylor``, ``gradient_x_input``, ``snip_structured``).
         sparse_training: L1 on BN gamma during training before pruning (``slimming``).
         default_allocation: ``"uniform"`` (one ratio per layer) or ``"global"`` (ranking across layers).
     """
@@ -97,11 +116,10 @@ _CRITERIA: dict[str, Criterion] = {
             needs_batches=True,
         ),
         Criterion(
-            "lrp",
-            "Yeom et al., Pattern Recognition 115:107899, 2021 (Pruning by Explaining: A Novel Criterion for "
-            "Deep Neural Network Pruning)",
+            "gradient_x_input",
+            "gradient x input relevance, ranked per layer; the LRP-0 identity of Yeom et al., Pattern Recognition "
+            "115:107899, 2021 (Pruning by Explaining) only for bias-free ReLU networks",
             needs_batches=True,
-            default_allocation="global",
         ),
         Criterion("snip", _SNIP, structured=False, from_init=True, default_allocation="global"),
         Criterion(
@@ -121,6 +139,8 @@ def get_criterion(name: str) -> Criterion:
     Raises:
         ValueError: ``name`` is not one of :data:`METHODS`.
     """
+    if name in RENAMED_METHODS:
+        raise ValueError(f"pruning criterion {name!r} was renamed {RENAMED_METHODS[name]}.")
     if name not in _CRITERIA:
         raise ValueError(f"unknown pruning criterion {name!r}; expected one of {', '.join(METHODS)}.")
     return _CRITERIA[name]
@@ -202,11 +222,11 @@ def accumulate_gradients(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# LRP
+# data-driven scores per conv filter
 
 
 def conv_relevance_maps(net: nn.Module, image: Tensor, label: Tensor) -> dict[nn.Module, list[Tensor]]:
-    """Signed LRP-0 relevance of every ``nn.Conv2d`` output map, one ``[B, C_out, H, W]`` tensor per call.
+    """Signed gradient x input relevance of every ``nn.Conv2d`` output map, one ``[B, C_out, H, W]`` per call.
 
     The relevance at the logits is ``R_out = logits * label`` (pre-sigmoid logits masked to the ground
     truth; S = sum(R_out)); that of a conv output ``a`` is ``R_a = a * dS/da`` (the gradient x input identity of
@@ -236,14 +256,14 @@ def conv_relevance_maps(net: nn.Module, image: Tensor, label: Tensor) -> dict[nn
     return maps
 
 
-def lrp_relevance(net: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> dict[nn.Module, Tensor]:
+def gradient_x_input_relevance(net: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> dict[nn.Module, Tensor]:
     """Filter relevance of every ``nn.Conv2d``: ``sum |R_k|`` over batches, samples, pixels and calls, ``[C_out]``.
 
     The network is scored in eval mode (running BN statistics, no dropout) and left unchanged; see
     :func:`conv_relevance_maps` for the relevance itself.
     """
     if not batches:
-        raise ValueError("lrp needs at least one batch of reference samples.")
+        raise ValueError("gradient_x_input needs at least one batch of reference samples.")
     device = network_device(net)
     relevance: dict[nn.Module, Tensor] = {}
     with scoring_mode(net):
@@ -255,48 +275,77 @@ def lrp_relevance(net: nn.Module, batches: Sequence[Mapping[str, Tensor]]) -> di
     return relevance
 
 
-class LRPImportance(tp.importance.GroupMagnitudeImportance):
-    """Pruning by Explaining (Yeom et al., Pattern Recognition 115:107899, 2021) as a torch-pruning importance.
+def taylor_scores(net: nn.Module, batches: Sequence[Mapping[str, Tensor]], loss_fn: LossFn) -> dict[nn.Module, Tensor]:
+    """Molchanov et al. (CVPR 2019) filter importance of every ``nn.Conv2d``, ``[C_out]``.
+
+    For each minibatch the loss gradient is computed once and each filter scores ``(sum_s g_s w_s)^2`` over
+    its weights (and bias); the scores are averaged over the minibatches. The square is taken per minibatch,
+    so filters whose first-order terms change sign between minibatches are not scored as unimportant (which
+    averaging the gradients first would do). Scored in eval mode (running BN statistics); gradients are left
+    zeroed and the network unchanged.
+    """
+    if not batches:
+        raise ValueError("taylor needs at least one batch to score the network.")
+    device = network_device(net)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    scores: dict[nn.Module, Tensor] = {}
+    with scoring_mode(net), torch.enable_grad():
+        for batch in batches:
+            net.zero_grad(set_to_none=True)
+            image, label = batch_tensors(batch, device)
+            loss_fn(net(image), label).backward()
+            for conv in convs:
+                if conv.weight.grad is None:
+                    continue
+                first_order = (conv.weight.grad * conv.weight).flatten(1).sum(1)
+                if conv.bias is not None and conv.bias.grad is not None:
+                    first_order = first_order + conv.bias.grad * conv.bias
+                score = first_order.detach().pow(2) / len(batches)
+                scores[conv] = scores[conv] + score if conv in scores else score
+    net.zero_grad(set_to_none=True)
+    return scores
+
+
+class LayerScoreImportance(tp.importance.GroupMagnitudeImportance):
+    """A torch-pruning importance from per-filter scores of each ``nn.Conv2d`` (:func:`taylor_scores`,
+    :func:`gradient_x_input_relevance`).
 
     A channel of a group scores the mean, over the group's convs whose output channels it is
-    (``prune_conv_out_channels`` / ``prune_depthwise_conv_out_channels``), of those filters' relevance
-    (:func:`lrp_relevance`). No normaliser: relevance is comparable across layers by conservation, so it is
-    meant for global ranking. Convs without relevance (the shared-depthwise kernel is functional, not a
-    module) are skipped; groups with none return None (not pruned).
+    (``prune_conv_out_channels`` / ``prune_depthwise_conv_out_channels``), of those filters' scores. No
+    normaliser: with the uniform allocation the ranking is within each layer. Convs without a score (the
+    shared-depthwise kernel is functional, not a module) are skipped; groups with none return None (not pruned).
 
     Args:
-        relevance: per ``nn.Conv2d``, per output channel, ``[C_out]``.
-        net, batches: when given, the relevance is recomputed whenever it no longer matches a layer's width
-            (after an earlier pruning step of an iterative schedule).
+        scores: per ``nn.Conv2d``, per output channel, ``[C_out]``.
+        recompute: when given, called to redo ``scores`` whenever they no longer match a layer's width (after an
+            earlier pruning step of an iterative schedule).
     """
 
     def __init__(
         self,
-        relevance: Mapping[nn.Module, Tensor],
-        net: nn.Module | None = None,
-        batches: Sequence[Mapping[str, Tensor]] = (),
+        scores: Mapping[nn.Module, Tensor],
+        recompute: Callable[[], Mapping[nn.Module, Tensor]] | None = None,
     ) -> None:
         super().__init__(p=1, group_reduction="mean", normalizer=None, target_types=[nn.Conv2d])
-        self.relevance: dict[nn.Module, Tensor] = dict(relevance)
-        self.net = net
-        self.batches = list(batches)
+        self.scores: dict[nn.Module, Tensor] = dict(scores)
+        self.recompute = recompute
 
     def _stale(self, layer: nn.Module) -> bool:
-        return layer in self.relevance and self.relevance[layer].shape[0] != layer.out_channels
+        return layer in self.scores and self.scores[layer].shape[0] != layer.out_channels
 
     def __call__(self, group: tp.Group) -> Tensor | None:
         out_fns = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
         deps = [(i, dep, idxs) for i, (dep, idxs) in enumerate(group) if dep.pruning_fn in out_fns]
         if any(self._stale(dep.layer) for _, dep, _ in deps):
-            if self.net is None or not self.batches:
-                raise RuntimeError("relevance is stale (the network was pruned) and there is no net/batches to redo it")
-            self.relevance = lrp_relevance(self.net, self.batches)
+            if self.recompute is None:
+                raise RuntimeError("scores are stale (the network was pruned) and there is no way to recompute them")
+            self.scores = dict(self.recompute())
         group_imp: list[Tensor] = []
         group_idxs: list[list[int]] = []
         for i, dep, idxs in deps:
-            if dep.layer not in self.relevance:
+            if dep.layer not in self.scores:
                 continue
-            group_imp.append(self.relevance[dep.layer][list(idxs)])
+            group_imp.append(self.scores[dep.layer][list(idxs)])
             group_idxs.append(group[i].root_idxs)
         if not group_imp:
             return None
@@ -315,13 +364,13 @@ def make_importance(
 ) -> tp.importance.Importance:
     """The torch-pruning importance of ``criterion`` for ``net`` (scoring ``batches`` where it needs data).
 
-    - ``taylor``: gradients of the mean ``loss_fn`` over all ``batches`` are accumulated in ``.grad`` with the
-      network in eval mode (running BN statistics, no dropout: the function that is deployed, and no change to
-      the BN buffers); ``GroupTaylorImportance(multivariable=True)`` reads them when the pruner runs, so call
-      ``pruner.step()`` before any ``zero_grad``/optimizer step.
-    - ``snip_structured``: the same, on exactly one batch (``batches[0]``) with batch BN statistics (the net is
-      freshly initialised), scored ``sum |w * g|`` per filter (``multivariable=False``, no normaliser).
-    - ``lrp``: :class:`LRPImportance` on the relevance over all ``batches`` (``loss_fn`` unused).
+    - ``taylor``: :class:`LayerScoreImportance` on :func:`taylor_scores` over all ``batches`` (eval mode: the
+      function that is deployed); recomputed after each pruning step of a multi-step schedule.
+    - ``snip_structured``: gradients of the loss on exactly one batch (``batches[0]``) with batch BN statistics
+      (the net is freshly initialised), scored ``sum |w * g|`` per filter (``GroupTaylorImportance``,
+      ``multivariable=False``, no normaliser); call ``pruner.step()`` before any ``zero_grad``.
+    - ``gradient_x_input``: :class:`LayerScoreImportance` on :func:`gradient_x_input_relevance` over all
+      ``batches`` (``loss_fn`` unused).
 
     ``loss_fn`` defaults to the bundles' ``WeightedBCEDiceLoss(sigmoid=True)``.
 
@@ -344,13 +393,16 @@ def make_importance(
     if name == "slimming":
         return tp.importance.BNScaleImportance(normalizer=None)
     if name == "taylor":
-        accumulate_gradients(net, batches, loss_fn)
-        return tp.importance.GroupTaylorImportance(multivariable=True)
+        return LayerScoreImportance(
+            taylor_scores(net, batches, loss_fn), recompute=lambda: taylor_scores(net, batches, loss_fn)
+        )
     if name == "snip_structured":
         accumulate_gradients(net, batches[:1], loss_fn, batch_stats=True)
         return tp.importance.GroupTaylorImportance(multivariable=False, normalizer=None)
-    if name == "lrp":
-        return LRPImportance(lrp_relevance(net, batches), net=net, batches=batches)
+    if name == "gradient_x_input":
+        return LayerScoreImportance(
+            gradient_x_input_relevance(net, batches), recompute=lambda: gradient_x_input_relevance(net, batches)
+        )
     raise ValueError(f"no importance for criterion {name!r}.")  # pragma: no cover - METHODS are all handled
 
 

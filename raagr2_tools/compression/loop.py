@@ -91,7 +91,7 @@ class CompressionLoop:
     Args:
         network: the network to compress (unpruned, same architecture as ``teacher``).
         teacher: the frozen teacher (its weights are copied into ``network`` unless the criterion scores at init).
-        task_loss: ``(logits, label) -> scalar``, used to score (``taylor``, ``lrp``, ``snip*``).
+        task_loss: ``(logits, label) -> scalar``, used to score (``taylor``, ``gradient_x_input``, ``snip*``).
         pruning: :class:`.settings.PruningSettings`.
         finetune: :class:`.settings.FineTuneSettings`.
         callbacks: :class:`LoopCallbacks`.
@@ -210,7 +210,7 @@ class CompressionLoop:
         self, pruner: StructuredPruner, record: dict[str, Any], masks: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """Unstructured SNIP at initialisation: masks from one batch (``oneshot``), FORCE-style re-scoring
-        (``iterative``) or one layer group at a time (``layerwise``); then training with masks enforced."""
+        (``iterative``) or one layer group at a time (``levelwise``); then training with masks enforced."""
         p = self.pruning
         if record["done"] == 0:
             batches = self.callbacks.scoring_batches(1)

@@ -24,12 +24,12 @@ class PruningSettings:
     Attributes:
         method: a criterion of :data:`raagr2_tools.compression.criteria.METHODS`.
         ratio: channel fraction removed from every pruned layer (structured), or weight sparsity (``snip``).
-        schedule: ``oneshot``, ``iterative`` or ``layerwise``.
+        schedule: ``oneshot``, ``iterative`` or ``levelwise``.
         iterative_steps: steps of the ``iterative`` schedule.
         allocation: ``uniform`` or ``global``; ``None``: the criterion's default.
         max_layer_ratio: per-layer cap of the global allocation.
         round_to: keep channel counts multiples of this (``None``: any count).
-        scoring_batches: training batches scored by data-driven criteria (``taylor``, ``lrp``).
+        scoring_batches: training batches scored by data-driven criteria (``taylor``, ``gradient_x_input``).
         slimming_reg: L1 coefficient on BN gamma during slimming's sparse training.
         onnx_check: ONNX Runtime parity after every step and of the final network.
         example_size: slice size ``[H, W]`` of the forward check and the FLOP count.
@@ -43,7 +43,7 @@ class PruningSettings:
     allocation: str | None = None
     max_layer_ratio: float = 0.8
     round_to: int | None = None
-    scoring_batches: int = 2
+    scoring_batches: int = 8
     slimming_reg: float = 1e-4
     onnx_check: bool = True
     example_size: Sequence[int] = (192, 192)
