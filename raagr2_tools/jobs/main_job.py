@@ -9,8 +9,10 @@ Usage::
 It drives a bundle (default ``bundles/raagr2_baseline``) through ``python -m monai.bundle run`` exactly as a
 user would, with one JSON overlay of settings passed as the last config file: ``configs/phantom.json`` for
 the built-in phantoms (its ``phantom_data`` key sets the phantoms made), ``configs/real.json`` for real data
-(``--settings`` takes another). Then it prints a table (per-region Dice and HD95, parameters, FLOPs, timings)
-and writes ``report.md``, ``report.json`` and ``region_dice.png`` into the work folder.
+(``--settings`` takes another). Then it prints a table (per-region Dice and HD95, parameters, FLOPs, timings),
+a per-case table (Dice and HD95 of WT, TC, ET for every test case) and the spread over the cases (mean ± sd,
+median, min–max per region), and writes them to ``report.md``, with ``report.json`` and ``region_dice.png``,
+into the work folder.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import statistics
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from data_prep.prepare import prepare_datalist
 from data_prep.synthetic import write_phantom_dataset
 from raagr2_tools.authoring import bundle_network
 from raagr2_tools.jobs.bundle_cli import run_bundle
-from raagr2_tools.reports import plot_region_dice, quantity_table
+from raagr2_tools.reports import format_value, markdown_table, plot_region_dice, quantity_table
 
 #: the settings overlays this job passes to ``python -m monai.bundle`` after the bundle's own configs
 SETTINGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -152,6 +157,8 @@ def build_report(
         "bundle": bundle.name,
         "test_cases": len(cases),
         "regions": region_summary(cases),
+        "region_spread": region_spread(cases),
+        "per_case": [dict(case) for case in cases],
         "parameters_bundle_3ch": count_parameters(bundle_net),
         "parameters_spec_5ch": count_parameters(spec_net),
         "flops_per_192_slice": count_flops(bundle_net, slice_shape),
@@ -166,8 +173,61 @@ def build_report(
     }
 
 
+#: per-region metrics of the per-case and spread tables: (column suffix, heading, number format)
+CASE_METRICS: tuple[tuple[str, str, str], ...] = (("dice", "Dice", ".3f"), ("hd95", "HD95 mm", ".2f"))
+
+
+def region_spread(cases: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{"<region>_<metric>": {"mean", "std", "median", "min", "max"}}`` over the finite values of ``cases``
+    (mean and sd from :func:`region_summary`; NaN when a column has no finite value)."""
+    summary = region_summary(cases)
+    spread = {}
+    for region in REGION_DISPLAY_ORDER:
+        for metric, _, _ in CASE_METRICS:
+            column = f"{region}_{metric}"
+            values = [float(case[column]) for case in cases if math.isfinite(float(case[column]))]
+            stats = dict(summary.get(column, {"mean": math.nan, "std": math.nan}))
+            if values:
+                stats.update(median=statistics.median(values), min=min(values), max=max(values))
+            else:
+                stats.update(median=math.nan, min=math.nan, max=math.nan)
+            spread[column] = stats
+    return spread
+
+
+def per_case_table(cases: Sequence[Mapping[str, Any]]) -> str:
+    """One row per test case: case id, then Dice and HD95 of each region in :data:`REGION_DISPLAY_ORDER`."""
+    header = ["case"] + [f"{r.upper()} {heading}" for _, heading, _ in CASE_METRICS for r in REGION_DISPLAY_ORDER]
+    rows = [
+        [case["case"]]
+        + [format_value(case[f"{r}_{metric}"], spec) for metric, _, spec in CASE_METRICS for r in REGION_DISPLAY_ORDER]
+        for case in cases
+    ]
+    return f"## per test case ({len(cases)})\n\n" + markdown_table(header, rows)
+
+
+def spread_table(spread: Mapping[str, Mapping[str, float]], count: int) -> str:
+    """Per region and metric: mean ± sd, median and min–max over the ``count`` test cases."""
+    rows = []
+    for metric, heading, spec in CASE_METRICS:
+        for r in REGION_DISPLAY_ORDER:
+            s = spread[f"{r}_{metric}"]
+            rows.append(
+                (
+                    f"{r.upper()} {heading}",
+                    f"{format_value(s['mean'], spec)} ± {format_value(s['std'], spec)}",
+                    format_value(s["median"], spec),
+                    f"{format_value(s['min'], spec)}–{format_value(s['max'], spec)}",
+                )
+            )
+    return f"## spread over the {count} test cases\n\n" + markdown_table(
+        ("metric", "mean ± sd", "median", "min–max"), rows
+    )
+
+
 def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: Path) -> None:
-    """Print the table; write report.md, report.json and region_dice.png into ``workdir``."""
+    """Print the tables (summary, per test case, spread); write report.md, report.json and region_dice.png
+    into ``workdir``."""
     regions = report["regions"]
     rows = [
         (
@@ -193,6 +253,7 @@ def write_report(report: dict[str, Any], cases: list[dict[str, Any]], workdir: P
         ("label maps written", str(len(report["label_maps"]))),
     ]
     table = quantity_table(rows, f"{report['bundle']}: main job")
+    table += "\n" + per_case_table(cases) + "\n" + spread_table(report["region_spread"], len(cases))
     png = plot_region_dice(cases, workdir / "region_dice.png", f"{report['bundle']}, per test case")
     write_text_atomic(workdir / "report.md", table + f"\n![per-case Dice]({png.name})\n")
     write_json(workdir / "report.json", report, indent=2)
