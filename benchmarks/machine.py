@@ -60,6 +60,23 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+#: CPU features that decide which fast paths exist (/proc/cpuinfo flag names)
+CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The flags of :data:`CPU_FLAGS` this CPU reports (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    present = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            present.update(line.split(":", 1)[1].split())
+    return [f for f in CPU_FLAGS if f in present]
+
+
 def machine_description(device: str | torch.device = "cpu") -> dict[str, Any]:
     """Machine, software and date of a run (JSON-ready). Cores: logical CPUs, and those usable by this process."""
     import monai
@@ -70,6 +87,7 @@ def machine_description(device: str | torch.device = "cpu") -> dict[str, Any]:
         "device": str(device),
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_usable": usable,
         "memory_total_gib": _memory_total_gib(),

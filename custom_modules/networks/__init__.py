@@ -1,6 +1,7 @@
 """Networks of raagr2-slim: RAAGR2-Net and its weight-shared variants (blocks in :mod:`.blocks`), complexity
 helpers, the bundle variants by name; pruned networks are rebuilt by :mod:`.pruned`."""
 
+from .autocast import cpu_autocast, cpu_supports_bf16
 from .complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters, slice_latency_ms
 from .raagr2net import SHARING_MODES, RAAGR2Net, check_spatial_shape
 from .variants import VARIANTS, variant_sharing
@@ -10,6 +11,8 @@ __all__ = [
     "SHARING_MODES",
     "RAAGR2Net",
     "check_spatial_shape",
+    "cpu_autocast",
+    "cpu_supports_bf16",
     "checkpoint_size_mib",
     "count_flops",
     "count_parameters",
