@@ -23,8 +23,8 @@ def load_cases(
     max_cases: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Cases of list ``split`` as the bundle's inference sees them: ``{"case_id", "patient_id",
-    "image": (C, H, W, D) float32, "label": (3, H, W, D) bool TC/WT/ET or None}``, one at a time (a BraTS
-    volume is ~140 MB)."""
+    "image": (C, H, W, D) float32, "label": (3, H, W, D) bool TC/WT/ET or None, "spacing": the label's voxel
+    size in mm or None}``, one at a time (a BraTS volume is ~140 MB)."""
     entries = load_datalist(data_list_file_path, split, dataset_dir)[:max_cases]
     preprocessing = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
     labels = Compose(
@@ -32,13 +32,16 @@ def load_cases(
     )
     for entry in entries:
         image = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()
-        label = torch.as_tensor(labels({"label": entry["label"]})["label"]).bool() if entry.get("label") else None
+        loaded = labels({"label": entry["label"]})["label"] if entry.get("label") else None
+        label = torch.as_tensor(loaded).bool() if loaded is not None else None
+        spacing = [float(v) for v in loaded.pixdim[:3]] if loaded is not None else None
         case_id = entry.get("case_id", Path(str(entry["image"][0])).name)
         yield {
             "case_id": case_id,
             "patient_id": entry.get("patient_id", case_id),
             "image": image,
             "label": label,
+            "spacing": spacing,
         }
 
 
