@@ -231,3 +231,10 @@ def test_full_size_targets_at_channel_ratio_half(sharing: str, max_params: int, 
         assert record["flops"] / baseline_flops <= max_flop_ratio
     assert record["onnx_max_abs_diff"] <= 1e-4
     assert copy.deepcopy(net)(torch.randn(1, 4, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_layerwise_name_refused_with_the_reason() -> None:
+    """The schedule prunes one U-Net level per step, so it is called levelwise; the old name says why it went."""
+    with pytest.raises(ValueError, match=r"'layerwise' was renamed levelwise \(it prunes one U-Net level per step"):
+        make_schedule("layerwise", 0.5)
+    assert [s.layer_group for s in make_schedule("levelwise", 0.5)] == list(LAYER_GROUPS)

@@ -14,12 +14,14 @@ Keys (all required unless a default is given):
 - ``compressed``: list of ``{"method", "ratio", "schedule", "steps" (1), "distillation" (true)}`` of the
   baseline teacher; ``shared_pruned``: one such entry applied to the shared-depthwise teacher.
 - ``narrow_reference``: id of the compressed model whose parameter count the narrow controls match.
-- ``quantize``: model ids exported to ONNX INT8 and FP16 (calibrated on the fold's training patients).
+- ``quantize``: model ids exported to ONNX (INT8 calibrated on the fold's training patients);
+  ``quantize_formats``: of ``onnx_int8``, ``onnx_fp16`` (default both; FP16 is for GPU execution providers,
+  a CPU preset may leave it to the GPU preset).
 - ``inference``: ``{"crop_to_brain", "skip_empty_slices", "cpu_bf16"}`` used to score the PyTorch models;
   INT8/FP16 and their FP32 reference are scored in the bundles' shipped mode (no cropping, no skipping, FP32).
 - ``postprocessing``: ``{name: {keep_largest_component, min_component_voxels, et_min_voxels}}`` measured on the
   reference teacher; ``cka``: ``{"slices", "batch", "max_layers", "folds"}``; ``latency``:
-  ``{"repeats", "folds"}``.
+  ``{"repeats", "folds", "models"}`` (``models``: ids timed besides every compressed model; default all).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class StudyPlan:
     shared_pruned: CompressionSpec
     narrow_reference: str
     quantize: tuple[str, ...] = ()
+    quantize_formats: tuple[str, ...] = ("onnx_int8", "onnx_fp16")
     inference: dict[str, Any] = field(default_factory=dict)
     postprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     cka: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +145,7 @@ def load_plan(path: str | Path) -> StudyPlan:
         shared_pruned=_spec(path, "shared_pruned", raw["shared_pruned"], "shared_depthwise"),
         narrow_reference=str(raw["narrow_reference"]),
         quantize=tuple(raw.get("quantize", ())),
+        quantize_formats=tuple(raw.get("quantize_formats", ("onnx_int8", "onnx_fp16"))),
         inference=dict(raw.get("inference", {})),
         postprocessing=dict(raw.get("postprocessing", {})),
         cka=dict(raw.get("cka", {})),
@@ -159,6 +163,9 @@ def load_plan(path: str | Path) -> StudyPlan:
                 f"plan {path}: finetune_epochs {plan.finetune_epochs} is not divisible by the {spec.steps} steps of "
                 f"{spec.model_id} (equal total budget)"
             )
+    unknown = sorted(set(plan.quantize_formats) - {"onnx_int8", "onnx_fp16"})
+    if unknown:
+        raise ValueError(f"plan {path}: 'quantize_formats' has unknown formats {unknown}")
     if plan.folds < 2 or not plan.seeds or plan.teacher_epochs < 1 or plan.finetune_epochs < 1:
         raise ValueError(f"plan {path}: folds >= 2, at least one seed and epochs >= 1 are needed")
     return plan

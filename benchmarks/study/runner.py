@@ -436,9 +436,11 @@ class Study:
                     f"{tag}/cka/{spec.model_id}",
                     lambda _, t=teacher, s=spec: self._cka(models[t], models[s.model_id], t, cases),
                 )
+        specs_ids = {spec.model_id for spec in (*plan.compressed, plan.shared_pruned)}
         if fold["fold"] in plan.latency.get("folds", [0]) and seed == plan.seeds[0]:
+            timed = plan.latency.get("models")
             for model_id, model in list(models.items()):
-                if "ckpt" in model:
+                if "ckpt" in model and (timed is None or model_id in timed or model_id in specs_ids):
                     model["latency"] = self.unit(
                         f"{tag}/latency/{model_id}", lambda _, m=model: self._latency(m, cases[0])
                     )
@@ -468,9 +470,14 @@ class Study:
         scored_patients = {c["patient_id"] for c in cases}
         calibration = [c for c in training if c["patient_id"] not in scored_patients]
         slices, _ = sample_slices(calibration, int(self.plan.inference.get("calibration_slices", 32)))
-        quantize_int8(fp32, folder / "model_int8.onnx", [pad_to_multiple(s[None])[0] for s in slices])
-        convert_fp16(fp32, folder / "model_fp16.onnx")
-        files = {"onnx_fp32": fp32, "onnx_int8": folder / "model_int8.onnx", "onnx_fp16": folder / "model_fp16.onnx"}
+        formats = self.plan.quantize_formats
+        files = {"onnx_fp32": fp32}
+        if "onnx_int8" in formats:
+            files["onnx_int8"] = folder / "model_int8.onnx"
+            quantize_int8(fp32, files["onnx_int8"], [pad_to_multiple(s[None])[0] for s in slices])
+        if "onnx_fp16" in formats:
+            files["onnx_fp16"] = folder / "model_fp16.onnx"
+            convert_fp16(fp32, files["onnx_fp16"])
         rows: dict[str, list[dict[str, Any]]] = {}
         masks: dict[str, list[torch.Tensor]] = {}
         for fmt, path in files.items():
@@ -484,7 +491,7 @@ class Study:
                 row = {"case": case["case_id"], "patient": case["patient_id"], "fold": fold["fold"], "seed": seed}
                 rows[fmt].append({**row, **score_regions(regions, case["label"], case["spacing"], self.hd95)})
         agreement = {}
-        for fmt in ("onnx_int8", "onnx_fp16"):
+        for fmt in (f for f in files if f != "onnx_fp32"):
             agreement[fmt] = [
                 {
                     "case": case["case_id"],
