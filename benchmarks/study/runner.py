@@ -214,6 +214,7 @@ class Study:
                 "training": [by_case[c] for c in split["training"]] + extra,
                 "validation": [],
                 "test": [by_case[c] for c in split["test"]],
+                "report": [by_case[split["test"][0]]],
             }
             path = write_json(self.workdir / "data" / f"fold{f}.json", datalist, indent=2)
             folds.append(
@@ -318,6 +319,7 @@ class Study:
             "distillation": spec.distillation,
             "onnx_check": False,
             "measure_latency": False,
+            "eval_split": "report",  # the compression report's own check on one test patient; the study scores all
         }
         run_bundle(configs, "compress", overrides)
         bundle = folder / pruned_bundle_name(spec.method, spec.ratio, spec.variant)
