@@ -179,10 +179,17 @@ class CompressionStep:
         return batches
 
     def evaluate(self, which: str, stage: str) -> dict[str, Any]:
-        """Per-case and mean region Dice/HD95 of the teacher or the network being pruned on the report split."""
+        """Per-case and mean region Dice/HD95 of the teacher or the network being pruned on the report split.
+
+        An empty report split (a caller that scores the models itself, e.g. ``benchmarks.study``) is not run:
+        no cases, NaN means."""
         evaluator = self.evaluators[which]
-        evaluator.run()
-        rows = self.writers[which].rows(evaluator)
+        if len(evaluator.data_loader) == 0:
+            logger.info(f"{stage}: the report split is empty, not evaluated")
+            rows: list[dict[str, Any]] = []
+        else:
+            evaluator.run()
+            rows = self.writers[which].rows(evaluator)
         summary = region_summary(rows) if rows else {}
         means = {
             kind: {r: summary.get(f"{r}_{kind}", {}).get("mean", float("nan")) for r in REGION_DISPLAY_ORDER}
