@@ -293,13 +293,42 @@ def _reference_section(results: Mapping[str, Any], models: list[tuple[str, Mappi
         "",
         f"Mean paired difference model − {_cell(ref_label)} over patients, with its 95 % bootstrap confidence "
         "interval [low, high]; Dice in points (100 x Dice difference, higher is better), HD95 in mm (lower is "
-        "better).",
+        "better). Reduced-precision models are compared with their own FP32 ONNX model in the same (shipped) "
+        "inference mode instead.",
         "",
         markdown_table(["model"] + _DELTA_HEADER, rows) if rows else "No comparisons recorded.\n",
         _wilcoxon_note(*_comparison_ns(comparisons)),
         "",
     ]
     return "\n".join(lines)
+
+
+def _reduced_precision_section(models: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """Mask agreement of each reduced-precision model with its FP32 ONNX model: Dice of the two label maps per
+    region, mean ± sd [min, max] over cases (empty if no model has it)."""
+    rows = []
+    for model_id, model in models:
+        agreement = model.get("agreement_with_fp32")
+        if not isinstance(agreement, Mapping):
+            continue
+        cells = []
+        for region in REGIONS:
+            stats = agreement.get(f"{region}_dice") or {}
+            cells.append(f"{_mean_sd(stats, '.4f')} [{_fmt(stats.get('min'), '.4f')}, {_fmt(stats.get('max'), '.4f')}]")
+        rows.append([_cell(_label(model_id, model)), *cells, _int((agreement.get("wt_dice") or {}).get("n"))])
+    if not rows:
+        return ""
+    header = ["model"] + [f"{r.upper()} mask agreement" for r in REGIONS] + ["n"]
+    return "\n".join(
+        [
+            "## Reduced precision",
+            "",
+            "Agreement of each reduced-precision model's label map with its FP32 ONNX model's (Dice of the two "
+            "masks per region), mean ± sd [min, max] over cases; calibrated on each fold's training patients only.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
 
 
 def _case_key(case: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -485,7 +514,11 @@ def render_study_markdown(results: Mapping[str, Any], figures: Mapping[str, str]
     parts.append(_per_case_section(models))
     if "per_case" in figures:
         parts += [f"![Per-case Dice]({figures['per_case']})", ""]
-    for section in (_postprocessing_section(results), _cka_section(results, figures)):
+    for section in (
+        _reduced_precision_section(models),
+        _postprocessing_section(results),
+        _cka_section(results, figures),
+    ):
         if section:
             parts.append(section)
     parts.append(_machine_section(results))
@@ -687,3 +720,22 @@ def write_study_report(results: Mapping[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = _write_figures(results, out_dir)
     return write_text_atomic(out_dir / REPORT_NAME, render_study_markdown(results, figures))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.study.report RESULTS.json [OUT_DIR]``: render a results JSON again."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m benchmarks.study.report RESULTS.json [OUT_DIR]", file=sys.stderr)
+        return 2
+    results_path = Path(args[0])
+    out_dir = Path(args[1]) if len(args) > 1 else results_path.parent
+    print(write_study_report(json.loads(results_path.read_text()), out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
