@@ -454,18 +454,19 @@ def _machine_section(results: Mapping[str, Any]) -> str:
     machine = results.get("machine")
     if not isinstance(machine, Mapping):
         return "## Machine\n\nNot recorded.\n"
-    flags = _list(machine.get("flags"))
+    flags = _list(machine.get("flags") or machine.get("cpu_flags"))
     bf16 = machine.get("bf16") if isinstance(machine.get("bf16"), Mapping) else {}
     used = bf16.get("used")
     speedup = _fmt(bf16.get("speedup"), ".2f")
     rows = [
         ("CPU model", _cell(machine.get("cpu_model") or NA)),
         ("CPU flags", _cell(", ".join(str(f) for f in flags)) if flags else NA),
-        ("torch threads", _int(machine.get("torch_threads"))),
+        ("torch threads", _int(machine.get("torch_threads") or machine.get("torch_default_threads"))),
         ("train step fp32 (s)", _fmt(bf16.get("train_step_fp32_s"), ".3f")),
         ("train step bf16 (s)", _fmt(bf16.get("train_step_bf16_s"), ".3f")),
         ("bf16 speed-up (fp32 / bf16)", speedup if speedup == NA else f"{speedup} x"),
         ("bf16 used", NA if used is None else ("yes" if used else "no")),
+        ("study time: sum of its units (min)", _fmt(_float(results.get("units_seconds")) / 60, ".1f")),
     ]
     return quantity_table(rows, "Machine")
 

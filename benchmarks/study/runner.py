@@ -50,7 +50,7 @@ from custom_modules.networks import RAAGR2Net, count_flops, count_parameters, cp
 from custom_modules.transforms import LabelMapPostprocessing, delivered_regions
 from data_prep.prepare import prepare_datalist
 from data_prep.split import kfold_by_patient
-from raagr2_tools.analysis import cka_matrix, compare_to_reference, default_layers
+from raagr2_tools.analysis import cka_matrix, compare_to_reference
 from raagr2_tools.authoring import bundle_network
 from raagr2_tools.compression import pruned_bundle_name
 from raagr2_tools.jobs.bundle_cli import run_bundle
@@ -111,6 +111,30 @@ def narrow_features(target_parameters: int, base: Sequence[int] = (32, 64, 128, 
     return [int(round(best * r)) for r in ratios]
 
 
+def cka_layers(net: torch.nn.Module, max_layers: int) -> list[str]:
+    """Layers to compare with CKA: the network's blocks with weights (top-level children: encoder blocks,
+    up-convolutions, attention gates, decoder blocks, head) that run exactly once per forward pass, in forward
+    order, thinned evenly to ``max_layers`` (first and last kept). Single convs inside the recurrent blocks run
+    several times per pass, so blocks are the unit of comparison."""
+    order: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda m, a, o, n=name: order.append(n))
+        for name, module in net.named_children()
+        if any(True for _ in module.parameters())
+    ]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 4, 64, 64))
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = [n for n in dict.fromkeys(order) if order.count(n) == 1]
+    if len(names) <= max_layers:
+        return names
+    picks = np.unique(np.linspace(0, len(names) - 1, max_layers).round().astype(int))
+    return [names[i] for i in picks]
+
+
 def _spread(values: Sequence[float]) -> dict[str, float | int | None]:
     array = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if not array.size:
@@ -167,6 +191,7 @@ class Study:
         self.log = log
         self.started = time.perf_counter()
         self.done_units = 0
+        self.unit_seconds = 0.0
         self.machine: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------
@@ -177,13 +202,16 @@ class Study:
         folder = self.workdir / "units" / key
         done = folder / "result.json"
         if done.is_file():
-            return json.loads(done.read_text())
+            result = json.loads(done.read_text())
+            self.unit_seconds += float(result.get("seconds", 0.0))
+            return result
         elapsed = time.perf_counter() - self.started
         self.log(f"[study {elapsed / 60:5.1f} min] {key}")
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         result = work(folder)
         result["seconds"] = round(time.perf_counter() - start, 1)
+        self.unit_seconds += result["seconds"]
         write_json(done, result, indent=2)
         self.done_units += 1
         return result
@@ -516,7 +544,7 @@ class Study:
         array = pad_to_multiple(np.stack(slices))
         batches = [torch.from_numpy(array[i : i + batch]) for i in range(0, len(array) - batch + 1, batch)]
         teacher_net, student_net = self.load(teacher), self.load(student)
-        layers = default_layers(teacher_net, max_layers=int(settings.get("max_layers", 16)))
+        layers = cka_layers(teacher_net, int(settings.get("max_layers", 16)))
         student_layers = [n for n in layers if n in dict(student_net.named_modules())]
         matrix = cka_matrix(teacher_net, student_net, layers, student_layers, batches)
         diagonal = [float(matrix[layers.index(n), j]) for j, n in enumerate(student_layers)]
@@ -664,7 +692,10 @@ class Study:
             "models": out_models,
             "postprocessing": postprocessing,
             "cka": cka,
-            "seconds": round(time.perf_counter() - self.started, 1),
+            "seconds_this_process": round(time.perf_counter() - self.started, 1),
+            "units_seconds": round(self.unit_seconds, 1),
+            "units_seconds_means": "sum of the wall seconds of every unit (all bundle runs, scoring, exports, CKA, "
+            "latency), over however many resumed processes ran them",
         }
         return results
 
