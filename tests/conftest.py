@@ -69,6 +69,16 @@ def real_datalist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def real_split_datalist(real_datalist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two real cases split by patient: the first in ``training`` (INT8 calibration), the second in ``test``."""
+    content = json.loads(real_datalist.read_text())
+    first, *rest = content["test"]
+    path = tmp_path_factory.mktemp("real_split") / "datalist.json"
+    path.write_text(json.dumps({**content, "training": [first], "test": rest}))
+    return path
+
+
 def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: Path | None = None) -> int:
     """Every ``test`` case of ``datalist`` has ``<case_id>_seg.nii.gz`` in ``pred_dir``: a uint8 BraTS label map
     (0/1/2/4) with its input's shape and affine. Returns the number of cases checked."""
@@ -161,12 +171,12 @@ def deploy_bundles(tmp_path_factory: pytest.TempPathFactory, phantom_dataset) ->
 
 
 #: export settings for tests: the real cases are all in ``test``, so calibration uses that list too
-EXPORT_TEST_SETTINGS = {"calibration_split": "test", "calibration_slices": 8, "eval_cases": 1, "parity_slices": 4}
+EXPORT_TEST_SETTINGS = {"calibration_split": "training", "calibration_slices": 8, "eval_cases": 1, "parity_slices": 4}
 
 
 @pytest.fixture(scope="session")
-def exported_bundles(deploy_bundles: dict[str, Path], real_datalist: Path, tmp_path_factory) -> dict[str, Path]:
-    """``deploy_bundles`` after the documented export command, calibrated and checked on the real cases."""
+def exported_bundles(deploy_bundles: dict[str, Path], real_split_datalist: Path, tmp_path_factory) -> dict[str, Path]:
+    """``deploy_bundles`` after the documented export command, calibrated on one real patient, checked on the other."""
     from raagr2_tools.jobs.bundle_cli import run_bundle
 
     with pytest.MonkeyPatch.context() as mp:
@@ -178,7 +188,7 @@ def exported_bundles(deploy_bundles: dict[str, Path], real_datalist: Path, tmp_p
                 {
                     "bundle_root": bundle,
                     "dataset_dir": REAL_CASES,
-                    "data_list_file_path": real_datalist,
+                    "data_list_file_path": real_split_datalist,
                     **EXPORT_TEST_SETTINGS,
                 },
                 cwd=tmp_path_factory.mktemp("export_cwd"),

@@ -15,6 +15,7 @@ comparable with the study's ``teacher_baseline`` row for the same fold.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     folds = json.loads((workdir / "data" / "folds.json").read_text())
     fold = folds[args.fold]
     settings = json.loads(args.settings)
-    run_dir = workdir / "teacher_budget" / f"f{args.fold}_{args.epochs}ep_{abs(hash(args.settings)) % 10**8}"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    run_dir = workdir / "teacher_budget" / f"f{args.fold}_{args.epochs}ep_{digest}"
     overlay = {**json.loads((CONFIGS / "training.json").read_text()), **settings}
     overlay_path = write_json(run_dir / "overlay.json", overlay, indent=2)
     start = time.perf_counter()

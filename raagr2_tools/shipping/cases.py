@@ -35,10 +35,10 @@ def load_cases(
         loaded = labels({"label": entry["label"]})["label"] if entry.get("label") else None
         label = torch.as_tensor(loaded).bool() if loaded is not None else None
         spacing = [float(v) for v in loaded.pixdim[:3]] if loaded is not None else None
-        case_id = entry.get("case_id", Path(str(entry["image"][0])).name)
+        case_id = Path(str(entry.get("case_id", entry["image"][0]))).name
         yield {
             "case_id": case_id,
-            "patient_id": entry.get("patient_id", case_id),
+            "patient_id": Path(str(entry.get("patient_id", case_id))).name,  # the datalist loader may join it to a path
             "image": image,
             "label": label,
             "spacing": spacing,
