@@ -266,9 +266,9 @@ class Study:
         setting = self.plan.bundle_settings.get("cpu_bf16", False)
         if setting != "auto":
             return bool(setting)
-        check = self.unit("machine_bf16_check", lambda _: self._bf16_check())
-        self.machine["bf16"] = check
-        return bool(check["used"])
+        if "bf16" not in self.machine:  # once per process: the unit is read (and its time counted) once
+            self.machine["bf16"] = self.unit("machine_bf16_check", lambda _: self._bf16_check())
+        return bool(self.machine["bf16"]["used"])
 
     def _bf16_check(self) -> dict[str, Any]:
         if not cpu_supports_bf16():
@@ -706,12 +706,10 @@ class Study:
         }
 
     def _epochs_total(self, model_id: str) -> int:
-        plan = self.plan
-        if model_id.startswith("teacher"):
-            return plan.teacher_epochs
-        if model_id.startswith("control"):
-            return plan.teacher_epochs + plan.finetune_epochs
-        return plan.teacher_epochs + plan.finetune_epochs  # teacher + fine-tuning (quantized: of their base)
+        """Teachers and their quantized forms: ``teacher_epochs``; controls and compressed models (teacher +
+        fine-tuning): ``teacher_epochs + finetune_epochs``."""
+        extra = 0 if model_id.startswith("teacher") else self.plan.finetune_epochs
+        return self.plan.teacher_epochs + extra
 
     def _inference_text(self) -> str:
         inference = self.plan.inference
