@@ -4,7 +4,14 @@ Networks (and the rebuild of pruned networks), losses, metrics, transforms, data
 inference backends and the slice inferer, plus the constants and file helpers they share. This package imports
 itself only relatively and never imports the tooling (``raagr2_tools``, ``data_prep``, ``benchmarks``), so a
 packaged bundle ships it unchanged as its ``scripts/`` folder.
+
+Importing it (any bundle run does) makes an uncaught error end with one line naming its root cause, see
+:mod:`.errors`.
 """
+
+from .errors import install_last_line_hook
+
+install_last_line_hook()
 
 
 def bundle_root() -> str:

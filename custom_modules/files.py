@@ -7,14 +7,44 @@ Every artefact of raagr2-slim (checkpoints, reports, exports, generated configs)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text_atomic", "json_text", "write_json"]
+__all__ = ["TEMP_PREFIX", "atomic_path", "json_text", "remove_stale_temporaries", "write_json", "write_text_atomic"]
+
+logger = logging.getLogger(__name__)
+
+#: name prefix of the temporary files and folders of :func:`atomic_path` (and of staged exports)
+TEMP_PREFIX = ".tmp_"
+#: errors of a write that ran out of room: disk full, quota, file-size limit
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: torch's zip writer reports a failed write as a RuntimeError with one of these phrases
+_TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing", "PytorchStreamWriter")
+
+
+def _write_failure(path: Path, error: BaseException) -> OSError | None:
+    """A one-line ``OSError`` naming ``path`` when ``error`` says the write ran out of room (else ``None``)."""
+    no_room = isinstance(error, OSError) and error.errno in _NO_ROOM
+    no_room = no_room or (isinstance(error, RuntimeError) and any(t in str(error) for t in _TORCH_WRITE_FAILURES))
+    if not no_room:
+        return None
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return OSError(
+        errno.ENOSPC,
+        f"{path}: could not write the file, the disk is full or a size limit was reached ({free} on "
+        f"{path.parent}); the previous file, if any, is unchanged. Free space and run the command again",
+    )
 
 
 @contextlib.contextmanager
@@ -24,15 +54,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            yield Path(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (OSError, RuntimeError) as e:
+            failure = _write_failure(path, e)
+            if failure is None:
+                raise
+            raise failure from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o644 & ~umask)  # mkstemp creates 0600; a written artefact is meant to be shared
@@ -57,3 +94,25 @@ def json_text(content: Any, indent: int = 4) -> str:
 def write_json(path: str | os.PathLike, content: Any, indent: int = 4) -> Path:
     """Write ``content`` as JSON (:func:`json_text`) to ``path`` atomically; returns ``path``."""
     return write_text_atomic(path, json_text(content, indent=indent))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files and folders (``TEMP_PREFIX*``) that killed runs left in ``folder``.
+
+    Only entries older than ``min_age_s`` seconds go, so a writer running now keeps its own. Returns the removed
+    paths (each is logged).
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.glob(f"{TEMP_PREFIX}*"):
+        try:
+            if now - entry.lstat().st_mtime < min_age_s:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except FileNotFoundError:
+            continue
+        logger.warning(f"removed {entry}, left by a run that was killed")
+        removed.append(entry)
+    return removed

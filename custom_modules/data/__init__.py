@@ -1,5 +1,15 @@
-"""Loading datalists for the bundles, with errors that name the file and the problem."""
+"""Loading datalists for the bundles, and skipping bad cases, with errors that name the file and the problem."""
 
-from .datalist import DatalistError, load_datalist
+from .datalist import Datalist, DatalistError, load_datalist
+from .screening import SKIPPED_KEY, CaseDataLoader, ScreenedCompose, skip_record, skipping_collate
 
-__all__ = ["DatalistError", "load_datalist"]
+__all__ = [
+    "SKIPPED_KEY",
+    "CaseDataLoader",
+    "Datalist",
+    "DatalistError",
+    "ScreenedCompose",
+    "load_datalist",
+    "skip_record",
+    "skipping_collate",
+]

@@ -16,16 +16,20 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from ..artefacts import record_artefacts
 from ..files import atomic_path
 from .distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through :func:`atomic_path`: never a partial file at ``path``."""
+def save_atomic(obj: Any, path: str | os.PathLike, record: bool = True) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_path`: never a partial file at ``path``. With ``record``
+    its checksum goes into the folder's ``manifest.json`` (:mod:`custom_modules.artefacts`)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+    if record:
+        record_artefacts(os.path.dirname(os.path.abspath(path)), {os.path.basename(path): None})
 
 
 def _unwrap(module: Any) -> Any:

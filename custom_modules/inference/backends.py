@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artefacts import EXPORT_COMMAND, rebuild_command, verify_artefact
+from ..errors import ArtefactError
+
 __all__ = ["BACKENDS", "EXPORT_COMMAND", "OnnxRuntimeNetwork", "backend_network", "onnxruntime_providers"]
 
 #: values of the bundle config key ``backend``
 BACKENDS = ("torch", "torchscript", "onnxruntime")
-
-#: the command that writes a bundle's ``models/model.ts`` and ``models/model.onnx`` (format with ``bundle=``)
-EXPORT_COMMAND = "python -m monai.bundle run export --config_file {bundle}/configs/export.json --bundle_root {bundle}"
 
 #: GPU execution providers of ONNX Runtime, most preferred first
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -77,9 +77,16 @@ class OnnxRuntimeNetwork(nn.Module):
         options = onnxruntime.SessionOptions()
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = int(intra_op_num_threads)
-        self.session = onnxruntime.InferenceSession(
-            str(self.path), sess_options=options, providers=list(providers or onnxruntime_providers())
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), sess_options=options, providers=list(providers or onnxruntime_providers())
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            first = " ".join(str(e).split())[:300]
+            raise ArtefactError(
+                f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {first}); "
+                f"rebuild it with: {rebuild_command(self.path)}"
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name, self.input_dtype = _io_name_and_dtype(self.path, "input", inputs, input_name)
         self.output_name, _ = _io_name_and_dtype(self.path, "output", outputs, output_name)
@@ -134,9 +141,13 @@ def backend_network(
 
     ``network`` is unused by the exported backends. Relative file names are resolved against ``bundle_root``.
 
+    The exported file is first checked against ``models/manifest.json`` (:func:`verify_artefact`): a corrupt file
+    or one exported from other weights than the current ``model.pt`` is refused.
+
     Raises:
         ValueError: for an unknown ``backend``.
         FileNotFoundError: when the exported model file is missing; the message gives :data:`EXPORT_COMMAND`.
+        ArtefactError: a corrupt, stale or unloadable exported file; the message gives the rebuild command.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
@@ -149,6 +160,14 @@ def backend_network(
             f"backend {backend!r} needs the exported model {path}, which does not exist; "
             f"`{EXPORT_COMMAND.format(bundle=bundle_root)}` writes it."
         )
+    verify_artefact(path)
     if backend == "torchscript":
-        return torch.jit.load(str(path), map_location=device).eval()
+        try:
+            return torch.jit.load(str(path), map_location=device).eval()
+        except Exception as e:
+            first = " ".join(str(e).split())[:300]
+            raise ArtefactError(
+                f"{path}: torch.jit.load cannot load it ({type(e).__name__}: {first}); "
+                f"rebuild it with: {rebuild_command(path)}"
+            ) from None
     return OnnxRuntimeNetwork(path, providers=onnxruntime_providers(device))

@@ -3,6 +3,7 @@
 from .brain import BrainMaskd
 from .case_id import CaseIdToMetad, case_output_name
 from .label_map import regions_to_brats_labels
+from .load_case import LoadCased
 from .postprocess import (
     DeliveredLabelMapd,
     DeliveredRegionsd,
@@ -10,15 +11,20 @@ from .postprocess import (
     delivered_regions,
     postprocess_label_map,
 )
+from .save import AtomicNibabelWriter, PredictionTargetd, prediction_path
 
 __all__ = [
+    "AtomicNibabelWriter",
     "BrainMaskd",
     "CaseIdToMetad",
     "DeliveredLabelMapd",
     "DeliveredRegionsd",
     "LabelMapPostprocessing",
+    "LoadCased",
+    "PredictionTargetd",
     "case_output_name",
     "delivered_regions",
     "postprocess_label_map",
+    "prediction_path",
     "regions_to_brats_labels",
 ]
