@@ -54,6 +54,12 @@ class Case:
         """A file of the case, to say where it was found."""
         return self.image_4d or next(iter(self.images.values()))
 
+    @property
+    def files(self) -> list[Path]:
+        """Every file of the case (images, 4D image, label), found or expected."""
+        images = [self.image_4d] if self.image_4d is not None else list(self.images.values())
+        return images + ([self.label] if self.label is not None else [])
+
 
 def nifti_stem(path: Path) -> str | None:
     """File name without ``.nii``/``.nii.gz``; ``None`` for other files and ``._*`` resource forks."""
@@ -175,8 +181,12 @@ LAYOUT_FINDERS: tuple[Callable[[Sequence[Path]], list[Case]], ...] = (
 )
 
 
-def find_cases(src: str | os.PathLike, exclude: Iterable[Path] = ()) -> list[Case]:
-    """All cases of all layouts under ``src``, sorted by case id."""
-    files = list_nifti(Path(src), exclude)
+def cases_of(files: Sequence[Path]) -> list[Case]:
+    """All cases of all layouts among ``files`` (from :func:`list_nifti`), sorted by case id."""
     cases = [case for finder in LAYOUT_FINDERS for case in finder(files)]
     return sorted(cases, key=lambda c: (c.case_id, str(c.source)))
+
+
+def find_cases(src: str | os.PathLike, exclude: Iterable[Path] = ()) -> list[Case]:
+    """All cases of all layouts under ``src``, sorted by case id."""
+    return cases_of(list_nifti(Path(src), exclude))

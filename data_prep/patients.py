@@ -40,14 +40,23 @@ def read_patient_csv(path: str | os.PathLike) -> dict[str, str]:
     """``{case_id: patient_id}`` from a CSV with the header ``case_id,patient_id``.
 
     Raises:
-        ValueError: naming the file (and line) when it is missing, lacks the columns, has an empty cell, or
-            maps one case to two patients.
+        ValueError: naming the file (and line) when it is missing, cannot be read as UTF-8 CSV, lacks the
+            columns, has an empty cell, or maps one case to two patients.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"patient CSV {path} not found")
+        raise ValueError(f"patient CSV {path} " + ("is a folder, not a file" if path.is_dir() else "not found"))
+    try:
+        return _read_patient_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise ValueError(f"patient CSV {path}: cannot be read as UTF-8 CSV ({detail})") from e
+
+
+def _read_patient_rows(path: Path) -> dict[str, str]:
+    """The rows of :func:`read_patient_csv` (which names the file in every error)."""
     mapping: dict[str, str] = {}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
             raise ValueError(f"patient CSV {path}: header must name {', '.join(CSV_COLUMNS)}, got {reader.fieldnames}")

@@ -33,16 +33,27 @@ Conventions, the same for every layout, so one MONAI pipeline reads them all:
   ``base_dir`` to ``monai.data.load_decathlon_datalist``) when they lie under it, absolute otherwise.
 
 ``<out_dir>`` is the folder of ``--out``; its ``images/`` and ``labels/`` are excluded from the search.
+
+Nothing prepare reads is written over: ``--out`` must end in ``.json``, must not be a file found under
+``--src``, and if it exists must be a datalist written by prepare (:func:`is_prepare_datalist`); the
+converted copies and the datalist are written atomically (a full disk leaves the old files as they were) and
+never in place of an input file. Two cases with one case id (letter case ignored: their predictions, named
+by case id, would overwrite each other) are not both listed: the first found (sorted by path) is the only one
+that can be kept, the others are skipped naming both. A failed run ends its stderr with one
+line ``error: <path or option>: <problem>`` and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -50,7 +61,8 @@ import numpy as np
 
 from custom_modules.files import write_json
 from data_prep.labels import BRATS_LABELS, remap_labels
-from data_prep.layouts import MODALITY_ORDER, Case, find_cases
+from data_prep.layouts import MODALITY_ORDER, Case, cases_of, list_nifti
+from data_prep.outputs import error_line, report_error, save_nifti, write_error
 from data_prep.patients import assign_patients, read_patient_csv
 from data_prep.split import SPLITS, split_by_patient, split_counts
 from data_prep.validation import Loaded, fault_kind, inspect_case
@@ -65,20 +77,89 @@ def _rel(path: Path, base: Path) -> str:
     return (path.relative_to(base) if path.is_relative_to(base) else path).as_posix()
 
 
-def _save_like(data: np.ndarray, like: nib.Nifti1Image, path: Path, dtype: np.dtype | None = None) -> None:
-    """Write ``data`` with the affine and header of ``like`` (atomically, via a temporary file)."""
+#: what every datalist prepare writes has (every version): the text in ``description`` and the keys
+DATALIST_MARK = "written by data_prep.prepare"
+DATALIST_KEYS: tuple[str, ...] = ("description", "dataset_dir", "modality_order", *SPLITS)
+
+
+class OutputError(OSError):
+    """An output of prepare (the datalist, a converted copy) cannot or must not be written: the run stops."""
+
+
+@dataclass
+class InputFiles:
+    """The files prepare reads (every NIfTI file under ``--src``, every file of a found case), by real path
+    and by inode (a hard link is the same file): prepare writes over none of them."""
+
+    paths: dict[str, str] = field(default_factory=dict)  # real path -> what the file is
+    inodes: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, files: Iterable[Path], cases: Iterable[Case]) -> InputFiles:
+        inputs = cls()
+        for path in files:
+            inputs.add(path, "a NIfTI file under --src")
+        for case in cases:
+            for path in case.files:
+                what = "the label" if path == case.label else "an image"
+                inputs.add(path, f"{what} of case {case.case_id} ({path})")
+        return inputs
+
+    def add(self, path: Path, what: str) -> None:
+        self.paths[os.path.realpath(path)] = what
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # an expected file that does not exist: only its path is protected
+        self.inodes[(st.st_dev, st.st_ino)] = what
+
+    def find(self, path: Path) -> str | None:
+        """What input file ``path`` is (following links, hard links included); ``None`` if none."""
+        what = self.paths.get(os.path.realpath(path))
+        if what is not None:
+            return what
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return self.inodes.get((st.st_dev, st.st_ino))
+
+
+def _save_like(
+    data: np.ndarray,
+    like: nib.Nifti1Image,
+    path: Path,
+    dtype: np.dtype | None = None,
+    inputs: InputFiles | None = None,
+) -> None:
+    """Write ``data`` with the affine and header of ``like`` atomically (:func:`data_prep.outputs.save_nifti`),
+    never in place of one of the ``inputs``.
+
+    Raises:
+        OutputError: ``path`` is an input file, or it cannot be written (full disk, no permission).
+    """
+    what = inputs.find(path) if inputs is not None else None
+    if what is not None:
+        raise OutputError(
+            errno.EEXIST,
+            f"a converted copy would replace {what}; not written (give --out a folder outside the data)",
+            str(path),
+        )
     header = like.header.copy()
     if dtype is not None:
         header.set_data_dtype(dtype)
         data = data.astype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    nib.save(nib.Nifti1Image(data, like.affine, header), tmp)
-    os.replace(tmp, path)
+    try:
+        save_nifti(nib.Nifti1Image(data, like.affine, header), path)
+    except OSError as e:
+        raise write_error(e.__cause__ or e, path, "cannot write a converted copy", OutputError) from e
 
 
-def make_entry(case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path) -> dict:
-    """Datalist entry of a validated case; writes re-ordered 4D images and converted labels.
+def make_entry(
+    case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path, inputs: InputFiles | None = None
+) -> dict:
+    """Datalist entry of a validated case; writes re-ordered 4D images and converted labels (never in place of
+    one of the ``inputs``).
 
     The entry has no ``"label"`` if ``loaded`` has none (unlabelled case, ``--all-test`` only).
     """
@@ -86,7 +167,7 @@ def make_entry(case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path) 
         img, data = loaded["image"]
         order = [case.channels_4d.index(m) for m in MODALITY_ORDER]
         image_path = out_dir / "images" / f"{case.case_id}.nii.gz"
-        _save_like(data[..., order], img, image_path)
+        _save_like(data[..., order], img, image_path, inputs=inputs)
         image: str | list[str] = _rel(image_path, src)
     else:
         image = [_rel(case.images[m], src) for m in MODALITY_ORDER]
@@ -97,8 +178,48 @@ def make_entry(case: Case, loaded: dict[str, Loaded], src: Path, out_dir: Path) 
     if case.label_convention != "brats":
         img, data = loaded["label"]
         label_path = out_dir / "labels" / f"{case.case_id}_seg.nii.gz"
-        _save_like(remap_labels(data, case.label_convention), img, label_path, np.dtype(np.uint8))
+        _save_like(remap_labels(data, case.label_convention), img, label_path, np.dtype(np.uint8), inputs)
     return {**entry, "label": _rel(label_path, src)}
+
+
+def is_prepare_datalist(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a datalist written by prepare: a JSON object with :data:`DATALIST_KEYS` whose
+    ``description`` says :data:`DATALIST_MARK`."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(content, dict)
+        and all(k in content for k in DATALIST_KEYS)
+        and DATALIST_MARK in str(content["description"])
+        and all(isinstance(content[k], list) for k in SPLITS)
+    )
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that prepare must not write: a name not ending in ``.json``, a folder, an existing
+    file that is not a datalist prepare wrote, or a path below a file or a folder it cannot write to.
+
+    Raises:
+        ValueError: naming ``out`` and the problem.
+    """
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"{out}: --out must name the datalist file to write, ending in .json")
+    if out.is_dir():
+        raise ValueError(f"{out}: --out is a folder; name the datalist file in it (e.g. {out / 'datalist.json'})")
+    if os.path.lexists(out) and not is_prepare_datalist(out):
+        raise ValueError(
+            f"{out}: --out exists and is not a datalist written by data_prep.prepare; "
+            "not overwritten (remove it or choose another --out)"
+        )
+    folder = out.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent  # the folder that will hold the datalist's new folders
+    if not folder.is_dir():
+        raise ValueError(f"{out}: --out lies below {folder}, which is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: --out folder {folder} is not writable")
 
 
 def prepare_datalist(
@@ -117,29 +238,48 @@ def prepare_datalist(
     to patient ids (see :func:`data_prep.patients.read_patient_csv`).
 
     Raises:
-        FileNotFoundError: ``src`` is not a folder.
-        ValueError: invalid fractions.
-        RuntimeError: no case could be kept.
+        FileNotFoundError: ``src`` does not exist (``NotADirectoryError``: it is a file).
+        ValueError: invalid fractions, a bad ``patients_csv``, or an ``out`` that must not be written
+            (:func:`check_out`).
+        RuntimeError: no case could be kept (nothing written).
+        OutputError: a converted copy or the datalist cannot be written (an old datalist is left as it was).
     """
     src, out = Path(os.path.abspath(src)), Path(os.path.abspath(out))
+    if not src.exists():
+        raise FileNotFoundError(errno.ENOENT, "source folder (--src) does not exist", str(src))
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder {src} does not exist")
-    split_counts(0, val_fraction, test_fraction)  # check the fractions and the CSV before the slow part
-    overrides = read_patient_csv(patients_csv) if patients_csv else {}
+        raise NotADirectoryError(errno.ENOTDIR, "--src is a file, not a folder of cases", str(src))
     out_dir = out.parent
-    cases = find_cases(src, exclude=[out_dir / d for d in GENERATED_DIRS])
+    files = list_nifti(src, exclude=[out_dir / d for d in GENERATED_DIRS])
+    cases = cases_of(files)
+    inputs = InputFiles.of(files, cases)
+    what = inputs.find(out)
+    if what is not None:  # also through a link or a hard link
+        raise ValueError(f"{out}: --out is {what}; prepare never writes over an input")
+    check_out(out)
+    try:  # check the fractions and the CSV before the slow part
+        split_counts(0, val_fraction, test_fraction)
+    except ValueError as e:
+        raise ValueError(f"--val/--test: {e}") from e
+    overrides = read_patient_csv(patients_csv) if patients_csv else {}
     entries: dict[str, dict] = {}
-    kept_at: dict[str, Path] = {}
+    first: dict[str, Case] = {}  # case id (letter case ignored) -> the first case found with it
     skipped: list[list[str]] = []
     for case in cases:
-        if case.case_id in entries:
-            problems = [f"{case.source}: duplicate case id (already kept from {kept_at[case.case_id].parent})"]
+        other = first.setdefault(case.case_id.casefold(), case)
+        if other is not case:
+            problems = [
+                f"{case.source}: duplicate case id {case.case_id} (case {other.case_id} found first at "
+                f"{other.source}, {'kept' if other.case_id in entries else 'skipped'}; "
+                "one id per scan, or their predictions overwrite each other)"
+            ]
         else:
             try:
                 problems, loaded = inspect_case(case, label_required=not all_test)
                 if not problems:
-                    entries[case.case_id] = make_entry(case, loaded, src, out_dir)
-                    kept_at[case.case_id] = case.source
+                    entries[case.case_id] = make_entry(case, loaded, src, out_dir, inputs)
+            except OutputError:  # not the case's fault: a full disk or a bad --out stops the run
+                raise
             except Exception as e:  # one odd case must not stop the run
                 problems = [f"{case.source}: unexpected error ({type(e).__name__}: {e})"]
         if problems:
@@ -159,7 +299,8 @@ def prepare_datalist(
         f" ({', '.join(f'{k}: {v}' for k, v in reasons.most_common())})" if reasons else "",
     )
     if not entries:
-        raise RuntimeError(f"no usable case under {src}; nothing written")
+        why = f"all {len(cases)} cases were skipped (reasons above)" if cases else "no case of a known layout found"
+        raise RuntimeError(f"no usable case under {src}: {why}; nothing written")
     case_patients = assign_patients({cid: e["layout"] for cid, e in entries.items()}, overrides)
     for cid, entry in entries.items():
         entries[cid] = {"case_id": cid, "patient_id": case_patients[cid], **entry}
@@ -190,8 +331,11 @@ def prepare_datalist(
         "test_fraction": test_fraction,
         **{name: [entries[cid] for cid in split[name]] for name in SPLITS},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, datalist, indent=2)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, datalist, indent=2)
+    except OSError as e:
+        raise write_error(e, out, "cannot write the datalist", OutputError) from e
     logger.info(
         "split by patient (%d patients, %d cases): %s",
         n_patients,
@@ -203,7 +347,8 @@ def prepare_datalist(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit code (0 if at least one case was kept)."""
+    """Command line entry point; returns the exit code (0 if at least one case was kept, else 1 after the line
+    ``error: <path or option>: <problem>`` on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="folder with the cases (any supported layout)")
     parser.add_argument("--out", required=True, help="datalist JSON to write")
@@ -231,9 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepare_datalist(args.src, args.out, args.val, args.test, args.seed, args.all_test, args.patients)
         return 0
-    except (OSError, ValueError, RuntimeError) as e:
-        logger.error("ERROR: %s", e)
-        return 1
+    except (OSError, ValueError, RuntimeError) as e:  # bad input, bad --out, full disk: no traceback
+        logger.error("ERROR: %s", error_line(e))
+        return report_error(e)
+    except Exception as e:
+        logger.error("ERROR: %s", error_line(e))
+        return report_error(e, expected=False)
     finally:
         pkg_logger.removeHandler(handler)
         pkg_logger.setLevel(level)

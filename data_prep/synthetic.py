@@ -23,11 +23,19 @@ network has to learn something (a single intensity threshold does not segment th
   of +-25-45 % plus a non-separable part), Gaussian noise and a random global scale per modality.
 
 Case ``i`` is generated from ``numpy.random.default_rng([seed, i])``, so it does not depend on ``--cases``.
+
+``DIR`` must be new, empty, or a phantom folder written before with the same ``--seed`` and ``--size``:
+:data:`MANIFEST` (written first) marks it and lists every file synthetic wrote there, and synthetic never
+writes over a file it does not list, nor into a folder that holds other files without it. Every file is
+written atomically (a full disk leaves the old file as it was). A failed run ends its stderr with one line
+``error: <path or option>: <problem>`` and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +45,14 @@ import nibabel as nib
 import numpy as np
 
 from custom_modules.constants import MODALITY_ORDER
+from custom_modules.files import write_json
+from data_prep.outputs import report_error, save_nifti, write_error
+
+#: the file that marks a folder of phantoms and lists what synthetic wrote there (written before the phantoms)
+MANIFEST = "phantoms.json"
+WRITTEN_BY = "data_prep.synthetic"
+#: smallest --size per axis (smaller volumes have no brain)
+MIN_SIZE = 4
 
 #: BraTS 2018-2021 file suffix of each modality.
 BRATS2021_SUFFIXES: dict[str, str] = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair"}
@@ -219,32 +235,145 @@ def make_phantom_case(shape: Sequence[int], rng: np.random.Generator) -> tuple[d
     return modalities, label
 
 
+def phantom_files(cases: int) -> dict[str, list[str]]:
+    """``{case_id: [file paths relative to the output folder]}`` of the first ``cases`` phantoms."""
+    names = [*BRATS2021_SUFFIXES.values(), "seg"]
+    return {
+        case_id: [f"{case_id}/{case_id}_{name}.nii.gz" for name in names]
+        for case_id in (f"Phantom_{i:03d}" for i in range(cases))
+    }
+
+
+def _size_text(shape: object) -> str:
+    """``HxWxD`` of a shape (as it is, if it is not a sequence)."""
+    return "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else str(shape)
+
+
+def _read_manifest(out: Path) -> dict:
+    """The :data:`MANIFEST` of ``out``, checked to be synthetic's.
+
+    Raises:
+        FileExistsError: naming the manifest when it is not one synthetic wrote.
+    """
+    path = out / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"not a manifest written by {WRITTEN_BY} ({type(e).__name__}); the folder is left alone",
+            str(path),
+        ) from e
+    ours = isinstance(manifest, dict) and manifest.get("written_by") == WRITTEN_BY
+    files = manifest.get("files") if ours else None
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        raise FileExistsError(
+            errno.EEXIST, f"not a manifest written by {WRITTEN_BY}; the folder is left alone", str(path)
+        )
+    return manifest
+
+
+def check_phantom_folder(out: Path, seed: int, shape: Sequence[int], files: Sequence[str]) -> dict | None:
+    """Refuse to write the phantom ``files`` into ``out`` unless it is new, empty, or a phantom folder of the
+    same ``seed`` and ``shape`` in whose :data:`MANIFEST` every existing one of ``files`` is listed.
+    Returns the old manifest (``None`` if there is none).
+
+    Raises:
+        FileExistsError, NotADirectoryError: naming ``out`` (or the file) and the problem.
+    """
+    if not os.path.lexists(out):
+        return None
+    if not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder; no phantom written", str(out))
+    if not os.path.lexists(out / MANIFEST):
+        entries = sorted(os.listdir(out))
+        if not entries:
+            return None
+        raise FileExistsError(
+            errno.EEXIST,
+            f"holds {len(entries)} {'entry' if len(entries) == 1 else 'entries'} not written by {WRITTEN_BY} "
+            f"(no {MANIFEST}; e.g. {entries[0]}); "
+            "no phantom written: choose a new or empty folder",
+            str(out),
+        )
+    manifest = _read_manifest(out)
+    settings = {"seed": int(seed), "shape": [int(s) for s in shape]}
+    old = {k: manifest.get(k) for k in settings}
+    if old != settings:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"holds phantoms of seed {old['seed']}, size {_size_text(old['shape'])}, not of seed {seed}, size "
+            f"{_size_text(shape)}; no phantom written: choose a new or empty folder",
+            str(out),
+        )
+    ours = set(manifest["files"])
+    for rel in files:
+        if os.path.lexists(out / rel) and rel not in ours:
+            raise FileExistsError(
+                errno.EEXIST, f"not written by {WRITTEN_BY} (not in {MANIFEST}); no phantom written", str(out / rel)
+            )
+    return manifest
+
+
 def write_phantom_dataset(
     out: str | os.PathLike, cases: int, seed: int = 0, shape: Sequence[int] = (240, 240, 155)
 ) -> list[Path]:
-    """Write ``cases`` phantoms in BraTS 2018-2021 layout under ``out``; return the case folders."""
+    """Write ``cases`` phantoms in BraTS 2018-2021 layout under ``out``; return the case folders.
+
+    ``out`` must be new, empty, or a phantom folder of the same ``seed`` and ``shape``
+    (:func:`check_phantom_folder`); :data:`MANIFEST` is written first, then each file, all atomically.
+
+    Raises:
+        FileExistsError, NotADirectoryError: ``out`` holds files synthetic did not write (nothing written).
+        OSError: a file cannot be written (naming it).
+    """
+    out = Path(out)
+    shape = tuple(int(s) for s in shape)
+    plan = phantom_files(cases)
+    files = [rel for rels in plan.values() for rel in rels]
+    old = check_phantom_folder(out, seed, shape, files)
+    listed = sorted(set(old["files"] if old else ()) | set(files))
+    manifest = {
+        "written_by": WRITTEN_BY,
+        "description": "synthetic BraTS-like phantoms (BraTS 2018-2021 layout); files lists every file written",
+        "seed": seed,
+        "shape": list(shape),
+        "cases": len({rel.split("/")[0] for rel in listed}),
+        "files": listed,
+    }
+    try:
+        write_json(out / MANIFEST, manifest, indent=2)
+    except OSError as e:
+        raise write_error(e, out / MANIFEST, "cannot write the phantom manifest") from e
     folders = []
-    for i in range(cases):
-        case_id = f"Phantom_{i:03d}"
-        folder = Path(out) / case_id
-        folder.mkdir(parents=True, exist_ok=True)
+    for i, (case_id, rels) in enumerate(plan.items()):
+        folder = out / case_id
         modalities, label = make_phantom_case(shape, np.random.default_rng([seed, i]))
-        for name, image in modalities.items():
-            nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"{case_id}_{BRATS2021_SUFFIXES[name]}.nii.gz")
-        nib.save(nib.Nifti1Image(label, np.eye(4)), folder / f"{case_id}_seg.nii.gz")
+        images = [modalities[name] for name in BRATS2021_SUFFIXES]
+        for rel, data in zip(rels, [*images, label]):
+            save_nifti(nib.Nifti1Image(data, np.eye(4)), out / rel)
         folders.append(folder)
     return folders
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
+    """Command line entry point; returns the exit code (1 after the line ``error: <path>: <problem>`` on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help=f"output folder (new, empty, or phantoms with its {MANIFEST})")
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, nargs=3, default=(240, 240, 155), metavar=("H", "W", "D"))
     args = parser.parse_args(argv)
-    folders = write_phantom_dataset(args.out, args.cases, args.seed, args.size)
+    if args.cases < 1:
+        parser.error(f"--cases: must be at least 1, got {args.cases}")
+    if min(args.size) < MIN_SIZE:
+        parser.error(f"--size: every size must be at least {MIN_SIZE} voxels, got {' '.join(map(str, args.size))}")
+    try:
+        folders = write_phantom_dataset(args.out, args.cases, args.seed, args.size)
+    except (OSError, ValueError) as e:
+        return report_error(e)
+    except Exception as e:
+        return report_error(e, expected=False)
     print(f"wrote {len(folders)} phantom cases of {'x'.join(map(str, args.size))} voxels to {args.out}")
     return 0
 

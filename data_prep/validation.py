@@ -8,6 +8,7 @@ returns the loaded volumes so that label conversion does not read them again.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import nibabel as nib
@@ -28,6 +29,8 @@ FAULTS: tuple[str, ...] = (
     "affine mismatch",
     "contains NaN",
     "contains Inf",
+    "all voxels are 0",
+    "no brain",
     "unexpected label values",
     "duplicate case id",
     "unexpected error",
@@ -59,8 +62,9 @@ def inspect_case(case: Case, label_required: bool = True) -> tuple[list[str], di
     ``loaded`` maps ``"image"`` (4D layouts), each modality (3D layouts) and ``"label"``
     to the :class:`Loaded` file. Checks: files exist and are readable NIfTI, 3D volumes
     (4D with ``len(case.channels_4d)`` channels last for ``image_4d``), equal spatial shape and
-    affine (``AFFINE_ATOL``) across modalities and label, no NaN/Inf in images, label values in
-    the set of ``case.label_convention``. Without ``label_required`` a label path that does not
+    affine (``AFFINE_ATOL``) across modalities and label, no NaN/Inf in images, no image (each channel of a 4D
+    image) whose voxels are all 0 (one problem ``no brain`` instead when every modality is 0 everywhere), label
+    values in the set of ``case.label_convention``. Without ``label_required`` a label path that does not
     exist at all is not a problem (``loaded`` then has no ``"label"``); a label that exists is
     checked as usual.
     """
@@ -107,7 +111,30 @@ def inspect_case(case: Case, label_required: bool = True) -> tuple[list[str], di
                 if n:
                     problems.append(f"{path}: contains {name} ({n} voxels)")
         loaded[role] = Loaded(img, data)
-    return problems + _geometry_problems(geometry), loaded
+    return problems + _geometry_problems(geometry) + _empty_problems(case, loaded), loaded
+
+
+def _empty_problems(case: Case, loaded: dict[str, Loaded]) -> list[str]:
+    """Images of ``case`` whose voxels are all 0 (each channel of a 4D image); one ``no brain`` problem
+    naming the case's folder (or 4D file) when every modality is 0 everywhere."""
+    if case.image_4d is not None:
+        if "image" not in loaded:
+            return []
+        data = loaded["image"].data
+        empty = [
+            (case.image_4d, f"channel {k} ({name})")
+            for k, name in enumerate(case.channels_4d)
+            if not np.any(data[..., k])
+        ]
+        where, every = case.image_4d, len(empty) == len(case.channels_4d)
+    else:
+        images = [(m, loaded[m]) for m in case.images if m in loaded]
+        empty = [(case.images[m], f"modality {m}") for m, (_, data) in images if not np.any(data)]
+        where = Path(os.path.commonpath([case.images[m] for m in case.images]))
+        every = len(empty) == len(case.images)
+    if every:
+        return [f"{where}: no brain: every modality is 0 everywhere"]
+    return [f"{path}: all voxels are 0: an empty {what}" for path, what in empty]
 
 
 def _geometry_problems(geometry: list[tuple]) -> list[str]:
