@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "schedule": args.schedule,
         "epochs": args.finetune_epochs,
         "distillation": not args.no_distillation,
+        "overwrite": True,  # this work folder's own result, replaced by a re-run
     }
     run_bundle([PRUNED / "configs" / "train.json", overlay, PRUNED / "configs" / "compress.json"], "compress", compress)
 

@@ -348,6 +348,7 @@ class Study:
             "onnx_check": False,
             "measure_latency": False,
             "eval_split": "report",  # empty: the study scores the compressed models with every other model
+            "overwrite": True,  # the unit's own folder: a unit killed after writing its bundle is done again
         }
         run_bundle(configs, "compress", overrides)
         bundle = folder / pruned_bundle_name(spec.method, spec.ratio, spec.variant)

@@ -5,11 +5,21 @@ inference and multi-GPU training work exactly as on the baseline), with ``networ
 rebuilds the pruned network from ``configs/pruning_history.json`` (torch-pruning's JSON-serialisable pruning
 history; see :func:`custom_modules.networks.pruned.pruned_network`). ``models/model.pt`` is a plain state_dict
 (loadable with ``weights_only=True``); the metadata records the compression and ``docs/`` holds the report.
+
+A bundle folder is never replaced silently and never left half-written: :func:`write_pruned_bundle` refuses an
+existing non-empty folder unless ``overwrite``, writes into a staging folder beside it
+(``<parent>/.<name>.staging-<pid>``) and renames that into place when it is complete (an old folder is moved
+aside to ``.<name>.old-<pid>`` first and removed last); :func:`remove_staging_leftovers` cleans up after a
+killed write.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +32,18 @@ from raagr2_tools.authoring.config import apply_overrides
 from raagr2_tools.authoring.variant import GENERATED_KEY
 from raagr2_tools.reports.compression import write_compression_report
 
-__all__ = ["HISTORY_FILE", "COMPRESSION_CONFIG", "pruned_bundle_name", "pruned_network_def", "write_pruned_bundle"]
+__all__ = [
+    "HISTORY_FILE",
+    "COMPRESSION_CONFIG",
+    "check_bundle_target",
+    "pruned_bundle_name",
+    "pruned_network_def",
+    "ratio_percent_text",
+    "remove_staging_leftovers",
+    "write_pruned_bundle",
+]
+
+logger = logging.getLogger(__name__)
 
 #: the pruning history inside a pruned bundle
 HISTORY_FILE = "configs/pruning_history.json"
@@ -31,10 +52,109 @@ COMPRESSION_CONFIG = "compress.json"
 COPIED_FILES = ("LICENSE", "docs/data_license.txt", "configs/logging.conf")
 
 
+def ratio_percent_text(ratio: float) -> str:
+    """``ratio`` as an exact percent with at most two decimals, no trailing zeros: 0.3 -> ``30``, 0.304 ->
+    ``30.4``, 0.3333 -> ``33.33``.
+
+    Raises:
+        ValueError: a ratio whose percent needs more than two decimals (e.g. 0.33333), which no name could
+            tell apart from its neighbours.
+    """
+    percent = float(ratio) * 100
+    rounded = round(percent, 2)
+    if not math.isfinite(percent) or abs(percent - rounded) > 1e-6:
+        raise ValueError(
+            f"config key ratio: {ratio!r} cannot be named exactly (its percent needs more than two decimals); "
+            "set ratio with at most four decimals, e.g. 0.3, 0.304 or 0.3333"
+        )
+    return f"{rounded:.2f}".rstrip("0").rstrip(".")
+
+
 def pruned_bundle_name(method: str, ratio: float, variant: str = "baseline") -> str:
-    """``raagr2_pruned_<method>_<N>`` (``N`` = percent), with ``_shared`` for the shared-depthwise variant."""
+    """``raagr2_pruned_<method>_<P>``, with ``_shared`` for the shared-depthwise variant.
+
+    ``P`` is the exact percent of ``ratio`` with at most two decimals, the decimal point written ``p`` and no
+    trailing zeros (:func:`ratio_percent_text`): 0.3 -> ``30``, 0.5 -> ``50``, 0.304 -> ``30p4``, 0.3333 ->
+    ``33p33``. So every ratio gets its own folder (0.3 and 0.304 no longer share ``_30``), and whole percents
+    keep their names. A ratio with more digits (0.33333) is refused (``ValueError``)."""
     suffix = "" if variant == "baseline" else "_shared"
-    return f"raagr2_pruned_{method}_{int(round(ratio * 100))}{suffix}"
+    return f"raagr2_pruned_{method}_{ratio_percent_text(ratio).replace('.', 'p')}{suffix}"
+
+
+def _staging_dir(bundle_dir: Path, kind: str = "staging") -> Path:
+    return bundle_dir.parent / f".{bundle_dir.name}.{kind}-{os.getpid()}"
+
+
+def _occupied(path: Path) -> bool:
+    """``path`` exists and is not an empty folder."""
+    if path.is_dir() and not path.is_symlink():
+        return any(path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+def check_bundle_target(bundle_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse to write over an existing, non-empty ``bundle_dir`` unless ``overwrite``.
+
+    Raises:
+        FileExistsError: ``bundle_dir`` exists and is not empty, and ``overwrite`` is false.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not overwrite and _occupied(bundle_dir):
+        raise FileExistsError(
+            f"{bundle_dir} already exists and is not empty: choose another output_dir, delete {bundle_dir}, "
+            "or set the config key overwrite to true (--overwrite true) to replace it"
+        )
+
+
+def remove_staging_leftovers(output_dir: str | Path, name: str) -> list[Path]:
+    """Clean up after a killed :func:`write_pruned_bundle` of ``<output_dir>/<name>``; returns what it removed
+    or restored. Staging folders (never complete) are removed; an old bundle moved aside is put back when the
+    target is missing (the kill came between the two renames), else removed. Call it only while no other
+    process writes that bundle (the compression step holds its work folder's lock)."""
+    output_dir = Path(output_dir)
+    target = output_dir / name
+    handled = []
+    for old in sorted(output_dir.glob(f".{name}.old-*")):
+        if not _occupied(target):
+            if target.is_dir():
+                target.rmdir()
+            os.rename(old, target)
+            logger.warning(f"restored {target} from {old.name}, left by a killed bundle write")
+        else:
+            shutil.rmtree(old)
+            logger.warning(f"removed {old}, the replaced bundle left by a killed bundle write")
+        handled.append(old)
+    for staging in sorted(output_dir.glob(f".{name}.staging-*")):
+        shutil.rmtree(staging)
+        logger.warning(f"removed {staging}, an incomplete bundle left by a killed bundle write")
+        handled.append(staging)
+    return handled
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(staging: Path, bundle_dir: Path) -> None:
+    """Rename the complete ``staging`` folder to ``bundle_dir``; an existing one is moved aside first and removed
+    last, so at every moment ``bundle_dir`` is the old bundle, the new one, or (between two renames) missing."""
+    old = None
+    if bundle_dir.is_dir() and not bundle_dir.is_symlink() and not any(bundle_dir.iterdir()):
+        bundle_dir.rmdir()
+    elif bundle_dir.exists() or bundle_dir.is_symlink():
+        old = _staging_dir(bundle_dir, "old")
+        os.rename(bundle_dir, old)
+    os.rename(staging, bundle_dir)
+    _sync_dir(bundle_dir.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def pruned_network_def(network_config: Mapping[str, Any], structured: bool) -> dict[str, Any]:
@@ -58,7 +178,7 @@ def _metadata(template: Mapping[str, Any], report: Mapping[str, Any]) -> dict[st
     meta["changelog"] = {
         "0.1.0": f"{what} of RAAGR2-Net ({report['variant']}) with {method}, ratio {ratio}, {schedule} schedule"
     }
-    meta["name"] = f"RAAGR2-Net brain tumour segmentation (pruned: {method}, {int(round(ratio * 100))}%)"
+    meta["name"] = f"RAAGR2-Net brain tumour segmentation (pruned: {method}, {ratio_percent_text(ratio)}%)"
     kd = " with knowledge distillation" if report.get("finetune", {}).get("distillation") else ""
     meta["description"] = (
         f"RAAGR2-Net ({report['variant']} variant) compressed by {what} with the {method} criterion "
@@ -126,18 +246,27 @@ def write_pruned_bundle(
     pruning_history: Sequence[Any] | None,
     state_dict: Mapping[str, torch.Tensor],
     report: Mapping[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Write the bundle folder ``bundle_dir`` from the compression bundle ``template_dir``; returns it.
 
+    The files go into ``<parent>/.<name>.staging-<pid>``, renamed to ``bundle_dir`` once complete: a write that
+    fails or is killed leaves no bundle (or the old one), never a partial one.
+
     Args:
         template_dir: the compression bundle (configs, LICENSE, data licence, logging.conf).
-        bundle_dir: the new bundle folder (created; existing files are overwritten).
+        bundle_dir: the new bundle folder (created).
         network_config: the unpruned ``network_def`` config (``_target_`` and arguments).
         pruning_history: torch-pruning's pruning history; ``None`` for a masked (unstructured) network.
         state_dict: the pruned network's weights.
         report: the compression report (see :mod:`raagr2_tools.reports.compression`).
+        overwrite: replace an existing non-empty ``bundle_dir`` (moved aside, removed once the new one is in).
+
+    Raises:
+        FileExistsError: ``bundle_dir`` exists and is not empty, and ``overwrite`` is false.
     """
     template_dir, bundle_dir = Path(template_dir), Path(bundle_dir)
+    check_bundle_target(bundle_dir, overwrite)
     structured = pruning_history is not None
     network_def = pruned_network_def(network_config, structured)
     files: dict[str, str | bytes] = {}
@@ -157,9 +286,18 @@ def write_pruned_bundle(
     for name in COPIED_FILES:
         files[name] = (template_dir / name).read_bytes()
     files["docs/README.md"] = _readme(report, bundle_dir.name)
-    for name, content in files.items():
-        with atomic_path(bundle_dir / name) as tmp:
-            tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    save_atomic({k: v.detach().cpu() for k, v in state_dict.items()}, bundle_dir / "models" / "model.pt")
-    write_compression_report(report, bundle_dir / "docs")
+    staging = _staging_dir(bundle_dir)
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        for name, content in files.items():
+            with atomic_path(staging / name) as tmp:
+                tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        save_atomic({k: v.detach().cpu() for k, v in state_dict.items()}, staging / "models" / "model.pt")
+        write_compression_report(report, staging / "docs")
+        check_bundle_target(bundle_dir, overwrite)  # again: another process may have written it meanwhile
+        _move_into_place(staging, bundle_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return bundle_dir

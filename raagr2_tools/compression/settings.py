@@ -1,20 +1,25 @@
 """The settings of a compression run, in three small groups: pruning, fine-tuning, reporting.
 
 ``bundles/raagr2_pruned/configs/compress.json`` builds each group from its top-level keys (``method``,
-``ratio``, ``epochs``, ...), so users override the same keys as before.
+``ratio``, ``epochs``, ...), so users override the same keys as before. :func:`settings_fingerprint` is the part
+of them that decides a run's result (the compression step refuses to resume work done under another).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .criteria import Criterion, get_criterion
 from .engine import ALLOCATIONS
 from .schedule import make_schedule
 
-__all__ = ["PruningSettings", "FineTuneSettings", "ReportSettings"]
+__all__ = ["PruningSettings", "FineTuneSettings", "ReportSettings", "RESULT_NEUTRAL", "settings_fingerprint"]
+
+#: settings that only check or time the result, not what it is: a run may resume with them changed
+RESULT_NEUTRAL = frozenset({"onnx_check", "measure_latency"})
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,13 @@ class ReportSettings:
     dice_metric: str = "report_dice"
     hd95_metric: str = "report_hd95"
     hd95_definition: str = "brats2023"
+
+
+def settings_fingerprint(
+    pruning: PruningSettings, finetune: FineTuneSettings, report: ReportSettings
+) -> dict[str, dict[str, Any]]:
+    """Every field of the three groups except :data:`RESULT_NEUTRAL`, JSON-ready:
+    ``{"pruning": {...}, "finetune": {...}, "report": {...}}``."""
+    groups = {"pruning": pruning, "finetune": finetune, "report": report}
+    fields = {name: {k: v for k, v in asdict(g).items() if k not in RESULT_NEUTRAL} for name, g in groups.items()}
+    return json.loads(json.dumps(fields))

@@ -7,10 +7,15 @@ uses Ignite's public API only: handlers are added with ``add_event_handler`` and
 ``RemovableEventHandle`` it returns, and a fine-tuning phase restarts the trainer with ``load_state_dict``.
 Then it writes the standalone bundle ``<output_dir>/<name>`` with its compression report; the loop's resume
 record lives in ``<output_dir>/<name>.work/``.
+
+Before any work the step refuses what would lose a result or mix two runs: an existing bundle folder (unless
+``overwrite``), a work folder in use by another run (an exclusive lock, held for the run), and a work folder
+holding the work of a run with another fingerprint (settings, teacher weights' sha256, datalist content).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -30,12 +35,12 @@ from custom_modules.metrics import HD95_DEFINITIONS
 from custom_modules.metrics.summary import region_summary
 from custom_modules.networks.variants import variant_sharing
 
-from .bundle_writer import pruned_bundle_name, write_pruned_bundle
+from .bundle_writer import check_bundle_target, pruned_bundle_name, remove_staging_leftovers, write_pruned_bundle
 from .engine import reset_optimizer
 from .hooks import TrainingHooks
-from .loop import CompressionLoop, CompressionOutcome, LoopCallbacks
+from .loop import CompressionLoop, CompressionOutcome, LoopCallbacks, WorkFolderLock, claim_work_folder
 from .progress import ProgressStore
-from .settings import FineTuneSettings, PruningSettings, ReportSettings
+from .settings import FineTuneSettings, PruningSettings, ReportSettings, settings_fingerprint
 
 __all__ = ["CompressionStep", "attach_training_hooks"]
 
@@ -64,6 +69,28 @@ def attach_training_hooks(engine: Engine, hooks: TrainingHooks) -> list[Any]:
         for callback in callbacks:
             handles.append(engine.add_event_handler(event, _call_without_engine(callback)))
     return handles
+
+
+def _sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _config_bool(value: Any, key: str) -> bool:
+    """A boolean config value; the text ``true``/``false`` too (``--key true`` on the command line reaches the
+    config as text, and ``bool("false")`` would be true)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "none", "null"):
+        return False
+    raise ValueError(f"config key {key}: {value!r} is not a boolean; set it to true or false")
 
 
 def _call_without_engine(callback: Any) -> Any:
@@ -112,6 +139,13 @@ class CompressionStep:
         output_dir: folder under which the new bundle folder is written.
         validator: the trainer's validation evaluator; when given, each fine-tuning phase ends with its best
             weights by the validator's key metric (as the baseline's ``model.pt``).
+        overwrite: replace an existing ``<output_dir>/<name>`` bundle (else it is refused, before any work).
+        datalist: the datalist file the trainer and evaluators read (its content is part of the fingerprint).
+
+    Raises:
+        FileExistsError: the bundle folder exists, is not empty and ``overwrite`` is false.
+        RuntimeError: the work folder is in use by another run, or holds the work of a run with another
+            fingerprint.
     """
 
     def __init__(
@@ -130,6 +164,8 @@ class CompressionStep:
         bundle_root: str,
         output_dir: str,
         validator: Engine | None = None,
+        overwrite: bool = False,
+        datalist: str | None = None,
     ) -> None:
         if getattr(network, "sharing", None) != variant_sharing(variant):
             raise ValueError(
@@ -152,6 +188,22 @@ class CompressionStep:
         }
         self.name = pruned_bundle_name(pruning.method, pruning.ratio, variant)
         self.work_dir = self.output_dir / f"{self.name}.work"
+        self.bundle_dir = self.output_dir / self.name
+        self.overwrite = _config_bool(overwrite, "overwrite")
+        self.datalist = None if datalist is None else str(datalist)
+        check_bundle_target(self.bundle_dir, self.overwrite)  # now, not after the hours of pruning
+        if self.overwrite and self.bundle_dir.exists():
+            logger.warning(f"{self.bundle_dir} exists and will be replaced at the end (overwrite is true)")
+        self.fingerprint = self._fingerprint()
+        self.lock = WorkFolderLock(self.work_dir)
+        self.lock.acquire()
+        try:
+            remove_staging_leftovers(self.output_dir, self.name)
+            check_bundle_target(self.bundle_dir, self.overwrite)  # a restored old bundle counts too
+            claim_work_folder(self.work_dir, self.fingerprint)
+        except BaseException:
+            self.lock.release()
+            raise
         self.evaluators = dict(evaluators)
         self.writers = {}
         for which, evaluator in self.evaluators.items():
@@ -232,16 +284,30 @@ class CompressionStep:
             "teacher": self.teacher_ckpt,
         }
 
-    def _signature(self) -> dict[str, Any]:
+    def _fingerprint(self) -> dict[str, Any]:
+        """What decides the result: the settings, the network, the learning rates and the checksums of the
+        teacher's weights and of the datalist (paths are not part of it: a moved file is the same input)."""
         return {
-            **self._settings(),
-            "epochs": self.finetune_settings.epochs,
-            "iterative_steps": self.pruning.iterative_steps,
-            "round_to": self.pruning.round_to,
+            "bundle": self.name,
+            "variant": self.variant,
+            "settings": settings_fingerprint(self.pruning, self.finetune_settings, self.report),
+            "network": self.network_config,
+            "learning_rates": self.learning_rates,
+            "teacher_ckpt_sha256": _sha256(self.teacher_ckpt),
+            "data_list_file_path_sha256": None if self.datalist is None else _sha256(self.datalist),
         }
 
     def run(self) -> Path:
-        """Compress; returns the new bundle folder."""
+        """Compress; returns the new bundle folder. The work folder's lock is held until it returns."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> Path:
+        if not self.lock.held:  # run() again after an earlier run() released it
+            self.lock.acquire()
+            claim_work_folder(self.work_dir, self.fingerprint)
         loop = CompressionLoop(
             self.network,
             self.teacher,
@@ -249,7 +315,7 @@ class CompressionStep:
             self.pruning,
             self.finetune_settings,
             LoopCallbacks(scoring_batches=self.scoring_batches, finetune=self.finetune, evaluate=self.evaluate),
-            store=ProgressStore(self.work_dir, self._signature(), name=self.name),
+            store=ProgressStore(self.work_dir, self.fingerprint, name=self.name),
             measure_latency=self.report.measure_latency,
         )
         try:
@@ -260,11 +326,12 @@ class CompressionStep:
                 close()
         bundle_dir = write_pruned_bundle(
             template_dir=self.bundle_root,
-            bundle_dir=self.output_dir / self.name,
+            bundle_dir=self.bundle_dir,
             network_config=self.network_config,
             pruning_history=outcome.history,
             state_dict=self.network.state_dict(),
             report=self._report(outcome),
+            overwrite=self.overwrite,
         )
         logger.info(f"wrote {bundle_dir}")
         return bundle_dir

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from custom_modules.artefacts import verify_artefact
+
 from .distillation import KnowledgeDistillationLoss
 
 __all__ = ["load_teacher_state", "load_teacher", "finetune_loss"]
@@ -25,6 +27,7 @@ def load_teacher_state(path: str | os.PathLike, network: nn.Module) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"teacher_ckpt {path} not found: pass the teacher's state_dict (e.g. models/model.pt)")
+    verify_artefact(path)  # a corrupt or replaced model.pt is refused with its rebuild command
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
