@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from ..artefacts import record_artefacts
+from ..artefacts import record_artefacts, verify_artefact
 from ..files import atomic_path
 from .distributed import is_main_process
 
@@ -165,6 +165,7 @@ class ResumeFromCheckpoint:
             logger.info(f"no checkpoint at {self.load_path}: training from scratch")
             return
         try:
+            verify_artefact(self.load_path)  # a checkpoint changed after it was written (flipped bytes) is refused
             checkpoint = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
         except Exception as e:
             raise RuntimeError(

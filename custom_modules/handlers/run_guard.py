@@ -22,6 +22,7 @@ from ignite.engine import Engine
 from ..errors import RunFolderError
 from ..files import remove_stale_temporaries, write_json
 from ..locks import FolderLock
+from .distributed import is_main_process
 
 __all__ = ["RESUME_MODES", "RUN_RECORD", "RunGuard", "data_fingerprint"]
 
@@ -60,8 +61,8 @@ def _jsonable(value: Any) -> Any:
 class RunGuard:
     """Lock ``run_dir`` and check that a resumed run has the recorded settings and data.
 
-    Put it first in the trainer's handlers: the check runs when the config builds the trainer (before a
-    checkpoint is loaded), so nothing is trained or written on a refusal.
+    Under DDP only rank 0 locks and checks. Put it first in the trainer's handlers: the check runs when the
+    config builds the trainer (before a checkpoint is loaded), so nothing is trained or written on a refusal.
 
     Args:
         run_dir: the checkpoint folder (``@ckpt_dir``).
@@ -85,7 +86,10 @@ class RunGuard:
         if resume not in RESUME_MODES:
             raise ValueError(f"config key 'resume': {resume!r} is not one of {RESUME_MODES}")
         self.run_dir, self.resume = Path(run_dir), resume
-        self.lock = FolderLock(self.run_dir, "training").acquire()
+        self.lock = FolderLock(self.run_dir, "training")
+        if not is_main_process():  # DDP: rank 0 holds the lock and checks for all ranks
+            return
+        self.lock.acquire()
         remove_stale_temporaries(self.run_dir, min_age_s=0)  # we hold the lock: no writer of ours is running
         settings = dict(settings)
         if network is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from ..data.screening import SKIPPED_KEY, CaseDataLoader
-from ..files import write_json
+from ..files import remove_stale_temporaries, write_json
 
 __all__ = ["SKIPPED_CASES_FILE", "SkippedCasesReport"]
 
@@ -23,7 +23,8 @@ class SkippedCasesReport:
     """Attach to an evaluator reading a :class:`~custom_modules.data.CaseDataLoader`.
 
     With skipped cases the loader yields fewer batches than its length; Ignite would then restart the loader to
-    fill the epoch, so this ends the epoch when the loader stops. At the end of the run it logs how many cases
+    fill the epoch, so this ends the epoch when the loader stops. At the start it removes the temporary files
+    that a killed run left in ``output_dir``. At the end of the run it logs how many cases
     were used and skipped (each with its reason) and writes ``<output_dir>/skipped_cases.json``
     (``{"cases": N, "used": n, "skipped": [{"case_id", "reason"}]}``), replacing that of an earlier run.
 
@@ -39,8 +40,14 @@ class SkippedCasesReport:
         self.dataloader, self.output_dir, self.what = dataloader, output_dir, what
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._clean)
         engine.add_event_handler(Events.DATALOADER_STOP_ITERATION, self._end_epoch)
         engine.add_event_handler(Events.COMPLETED, self.report)
+
+    def _clean(self, engine: Engine) -> None:
+        """Remove the temporary files a killed run left in the output folder (older than a minute)."""
+        if self.output_dir is not None:
+            remove_stale_temporaries(self.output_dir)
 
     def _end_epoch(self, engine: Engine) -> None:
         if self.dataloader.skipped:
