@@ -26,7 +26,7 @@ from raagr2_tools.compression.bundle_writer import (
     remove_staging_leftovers,
     write_pruned_bundle,
 )
-from raagr2_tools.compression.loop import FINGERPRINT_FILE, WorkFolderLock
+from raagr2_tools.compression.loop import FINGERPRINT_FILE, work_folder_lock
 from raagr2_tools.compression.settings import FineTuneSettings, PruningSettings, ReportSettings
 from raagr2_tools.compression.step import CompressionStep
 
@@ -307,8 +307,8 @@ def test_work_without_fingerprint_is_refused_and_empty_work_is_claimed(inputs: d
 HOLD_LOCK = textwrap.dedent(
     """
     import os, sys, time
-    from raagr2_tools.compression.loop import WorkFolderLock
-    lock = WorkFolderLock(sys.argv[1])
+    from raagr2_tools.compression.loop import work_folder_lock
+    lock = work_folder_lock(sys.argv[1])
     lock.acquire()
     if sys.argv[2] == "fork":
         child = os.fork()
@@ -363,7 +363,7 @@ def test_forked_workers_of_a_killed_run_do_not_hold_its_lock(tmp_path: Path) -> 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         os.kill(worker, 0)  # the forked worker still runs
-        lock = WorkFolderLock(work)
+        lock = work_folder_lock(work)
         lock.acquire()
         lock.release()
     finally:

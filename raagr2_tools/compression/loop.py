@@ -16,20 +16,14 @@ script passes a plain PyTorch loop. One run:
 
 Each finished step is saved by a :class:`.progress.ProgressStore`; a killed run started again with the same
 settings resumes after the last finished step. The work folder around it is guarded by
-:class:`WorkFolderLock` (one run at a time) and :func:`claim_work_folder` (the work is resumed only by a run
+:func:`work_folder_lock` (one run at a time) and :func:`claim_work_folder` (the work is resumed only by a run
 with the same fingerprint: settings, teacher weights, data).
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import json
 import logging
-import os
-import socket
-import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from custom_modules.files import write_json
+from custom_modules.locks import FolderLock
 from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters, slice_latency_ms
 from custom_modules.networks.pruned.structure import merge_split_convs
 from raagr2_tools.shipping.onnx import onnx_parity
@@ -56,7 +51,7 @@ __all__ = [
     "LoopCallbacks",
     "CompressionOutcome",
     "CompressionLoop",
-    "WorkFolderLock",
+    "work_folder_lock",
     "claim_work_folder",
 ]
 
@@ -64,9 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: the settings and inputs of the run that owns a work folder (see :func:`claim_work_folder`)
 FINGERPRINT_FILE = "fingerprint.json"
-#: the file a run holds an exclusive ``flock`` on (empty; its owner is in :data:`LOCK_OWNER_FILE`)
-LOCK_FILE = ".lock"
-LOCK_OWNER_FILE = "lock_owner.json"
 #: files of a work folder that hold work worth resuming
 RESUME_FILES = ("progress.pt",)
 
@@ -74,83 +66,10 @@ RESUME_FILES = ("progress.pt",)
 Evaluation = dict[str, Any]
 
 
-class WorkFolderLock:
-    """An exclusive ``fcntl.flock`` on ``<work_dir>/.lock``: one compression run per work folder at a time.
-
-    The kernel drops the lock when the process ends, however it ends; forked children (DataLoader workers)
-    close their copy of the descriptor, so a killed run's workers do not keep holding it. The holder's pid is
-    written to ``lock_owner.json`` for the message of the run that is refused.
-    """
-
-    def __init__(self, work_dir: str | Path) -> None:
-        self.work_dir = Path(work_dir)
-        self._fd: int | None = None
-        os.register_at_fork(after_in_child=functools.partial(_forget_in_child, weakref.ref(self)))
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> None:
-        """Take the lock (no-op when held).
-
-        Raises:
-            RuntimeError: another process holds it; the message names the folder and that process's pid.
-        """
-        if self._fd is not None:
-            return
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RuntimeError(
-                f"{self.work_dir} is in use by another compress run ({self._owner()}): wait for it to end or stop "
-                "it, or run with another output_dir"
-            ) from None
-        self._fd = fd
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.work_dir / LOCK_OWNER_FILE, owner)
-
-    def release(self) -> None:
-        """Give the lock up (no-op when not held)."""
-        if self._fd is None:
-            return
-        try:
-            (self.work_dir / LOCK_OWNER_FILE).unlink(missing_ok=True)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def _forget(self) -> None:
-        """In a forked child: close the inherited descriptor without unlocking the parent's lock."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _owner(self) -> str:
-        try:
-            owner = json.loads((self.work_dir / LOCK_OWNER_FILE).read_text())
-            pid = int(owner["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return "pid unknown"
-        host = owner.get("host")
-        return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
-
-    def __del__(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-
-
-def _forget_in_child(ref: weakref.ref) -> None:
-    lock = ref()
-    if lock is not None:
-        lock._forget()
+def work_folder_lock(work_dir: str | Path) -> FolderLock:
+    """The exclusive lock of a work folder: one compression run in it at a time (see
+    :class:`custom_modules.locks.FolderLock`; not yet acquired)."""
+    return FolderLock(work_dir, "compress run", "wait for it to end or stop it, or run with another output_dir")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -172,7 +91,7 @@ def claim_work_folder(work_dir: str | Path, fingerprint: Mapping[str, Any]) -> N
     """Make ``work_dir`` the work folder of the run described by ``fingerprint`` (JSON-serialisable: the
     settings and input checksums that decide the result), before any work. A folder without resumable work
     (:data:`RESUME_FILES`) is claimed: ``fingerprint.json`` is (re)written. A folder with work is resumed only
-    under the same fingerprint. Call it while holding the folder's :class:`WorkFolderLock`.
+    under the same fingerprint. Call it while holding the folder's :func:`work_folder_lock`.
 
     Raises:
         RuntimeError: the folder holds work of a run with another fingerprint (the message names each

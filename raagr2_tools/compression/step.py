@@ -38,7 +38,7 @@ from custom_modules.networks.variants import variant_sharing
 from .bundle_writer import check_bundle_target, pruned_bundle_name, remove_staging_leftovers, write_pruned_bundle
 from .engine import reset_optimizer
 from .hooks import TrainingHooks
-from .loop import CompressionLoop, CompressionOutcome, LoopCallbacks, WorkFolderLock, claim_work_folder
+from .loop import CompressionLoop, CompressionOutcome, LoopCallbacks, claim_work_folder, work_folder_lock
 from .progress import ProgressStore
 from .settings import FineTuneSettings, PruningSettings, ReportSettings, settings_fingerprint
 
@@ -195,7 +195,7 @@ class CompressionStep:
         if self.overwrite and self.bundle_dir.exists():
             logger.warning(f"{self.bundle_dir} exists and will be replaced at the end (overwrite is true)")
         self.fingerprint = self._fingerprint()
-        self.lock = WorkFolderLock(self.work_dir)
+        self.lock = work_folder_lock(self.work_dir)
         self.lock.acquire()
         try:
             remove_staging_leftovers(self.output_dir, self.name)
