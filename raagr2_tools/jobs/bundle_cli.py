@@ -32,12 +32,20 @@ def run_bundle(
 ) -> float:
     """Run ``python -m monai.bundle run <run_id> --config_file [...] --key value ...``; return wall seconds.
 
+    The child's error output is shown as it comes; its last line (on failure, the root cause that the runtime
+    layer's hook prints, see :mod:`custom_modules.errors`) ends the error raised here.
+
     Raises:
-        RuntimeError: naming the command when the bundle run fails (its output has been shown already).
+        RuntimeError: naming the run and the child's last error line when the bundle run fails.
     """
     command = bundle_command(config_files, run_id, overrides)
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd)
-    if result.returncode != 0:
-        raise RuntimeError(f"bundle run failed (exit {result.returncode}): {' '.join(command)}")
+    last = ""
+    with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace") as child:
+        for line in child.stderr:
+            sys.stderr.write(line)
+            last = line.strip() or last
+    if child.returncode != 0:
+        cause = last.removeprefix("error: ") or "no error output"
+        raise RuntimeError(f"bundle run '{run_id}' failed (exit {child.returncode}): {cause}")
     return time.perf_counter() - start

@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print("[4/5] segmenting the test cases to BraTS label maps", flush=True)
     predictions = workdir / "predictions"
-    infer_s = run_bundle([configs / "inference.json", overlay], "inference", {**paths, "output_dir": predictions})
+    # the run guard of training made sure this work folder holds this run: its earlier predictions are replaced
+    infer = {**paths, "output_dir": predictions, "overwrite": True}
+    infer_s = run_bundle([configs / "inference.json", overlay], "inference", infer)
 
     print("[5/5] measuring size and cost of the network", flush=True)
     metrics = json.loads((workdir / "eval" / "per_case_metrics.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -9,10 +10,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
 from custom_modules.data import load_datalist
+from custom_modules.data.screening import SKIPPED_KEY
+from custom_modules.data.screening import case_error as _case_error
+from custom_modules.errors import CaseInputError
+from custom_modules.transforms.load_case import case_name, check_label
 from raagr2_tools.authoring.config import bundle_parser
+
+logger = logging.getLogger(__name__)
 
 
 def load_cases(
@@ -21,18 +28,45 @@ def load_cases(
     data_list_file_path: str | Path,
     split: str,
     max_cases: int | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Cases of list ``split`` as the bundle's inference sees them: ``{"case_id", "patient_id",
     "image": (C, H, W, D) float32, "label": (3, H, W, D) bool TC/WT/ET or None, "spacing": the label's voxel
-    size in mm or None}``, one at a time (a BraTS volume is ~140 MB)."""
-    entries = load_datalist(data_list_file_path, split, dataset_dir)[:max_cases]
+    size in mm or None}``, one at a time (a BraTS volume is ~140 MB).
+
+    Each case is checked as inference checks it (:class:`custom_modules.transforms.LoadCased`, and its label
+    against the image); a bad case, or one whose files are missing, is logged and left out, and its record
+    ``{"case_id", "skipped_reason"}`` is appended to ``skipped`` when given."""
+    entries = load_datalist(data_list_file_path, split, dataset_dir, on_bad_case="skip")
+    if skipped is not None:
+        skipped += entries.skipped
     preprocessing = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
-    labels = Compose(
-        [LoadImaged("label", ensure_channel_first=True), ConvertToMultiChannelBasedOnBratsClassesd("label")]
-    )
+    load_label = LoadImaged("label", ensure_channel_first=True)
+    to_regions = ConvertToMultiChannelBasedOnBratsClassesd("label")
+    used = 0
     for entry in entries:
-        image = torch.as_tensor(preprocessing({"image": entry["image"]})["image"]).float()
-        loaded = labels({"label": entry["label"]})["label"] if entry.get("label") else None
+        if max_cases is not None and used >= max_cases:
+            return
+        try:
+            image = preprocessing({k: entry[k] for k in ("case_id", "image") if k in entry})["image"]
+            loaded = None
+            if entry.get("label"):
+                try:
+                    raw = load_label({"label": entry["label"]})["label"]
+                except Exception as e:
+                    raise CaseInputError(case_name(entry), f"cannot load {entry['label']}: {e}") from None
+                check_label(case_name(entry), raw, image, [str(entry["label"])])
+                loaded = to_regions({"label": raw})["label"]
+        except Exception as e:
+            error = _case_error(e)
+            if error is None:
+                raise
+            logger.warning(f"{data_list_file_path} '{split}': skipped {error}")
+            if skipped is not None:
+                skipped.append({"case_id": error.case_id, SKIPPED_KEY: error.problem})
+            continue
+        used += 1
+        image = torch.as_tensor(image).float()
         label = torch.as_tensor(loaded).bool() if loaded is not None else None
         spacing = [float(v) for v in loaded.pixdim[:3]] if loaded is not None else None
         case_id = Path(str(entry.get("case_id", entry["image"][0]))).name

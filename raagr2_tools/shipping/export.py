@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,9 +27,18 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
+from custom_modules.artefacts import (
+    artefact_entry,
+    commit_staged,
+    complete_interrupted_commit,
+    sha256_file,
+    verify_artefact,
+)
 from custom_modules.constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
-from custom_modules.files import write_text_atomic
+from custom_modules.files import TEMP_PREFIX, remove_stale_temporaries, write_text_atomic
+from custom_modules.handlers import load_state_dict_checked, load_weights
 from custom_modules.inference import OnnxRuntimeNetwork
+from custom_modules.locks import folder_lock
 from custom_modules.transforms import LabelMapPostprocessing, delivered_regions
 from raagr2_tools.authoring.config import bundle_network, bundle_parser
 from raagr2_tools.reports.tables import markdown_table
@@ -139,24 +148,19 @@ class BundleExporter:
         self.fp32_atol, self.opset = fp32_atol, opset
 
     # ------------------------------------------------------------------------------------------------------
-    def network(self) -> torch.nn.Module:
-        """``network_def`` of ``configs/inference.json`` with ``models/model.pt`` loaded (``weights_only``), eval."""
-        ckpt = self.models / "model.pt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"{ckpt} not found: train the bundle first (python -m monai.bundle run training ...)"
-            )
+    def network(self, ckpt: Path | None = None) -> torch.nn.Module:
+        """``network_def`` of ``configs/inference.json`` with ``ckpt`` (default ``models/model.pt``) loaded, eval.
+
+        The weights are checked against ``models/manifest.json`` and loaded weights-only
+        (:func:`custom_modules.handlers.load_weights`); every failure names the file."""
+        if ckpt is None:
+            ckpt = self.models / "model.pt"
+            verify_artefact(ckpt)
         net = bundle_network(self.bundle_root)
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(
-                f"{ckpt} does not fit the network_def of {self.bundle_root}/configs/inference.json: {e}"
-            ) from None
+        load_state_dict_checked(net, load_weights(ckpt, "cpu", verify=False), self.models / "model.pt")
         return net.eval()
 
-    def _torchscript(self, tmp: Path) -> Path:
+    def _torchscript(self, tmp: Path, ckpt: Path) -> Path:
         from monai.bundle import ckpt_export
 
         configs = self.bundle_root / "configs"
@@ -164,7 +168,7 @@ class BundleExporter:
         ckpt_export(
             net_id="network_def",
             filepath=str(target),
-            ckpt_file=str(self.models / "model.pt"),
+            ckpt_file=str(ckpt),
             meta_file=str(configs / "metadata.json"),
             config_file=str(configs / "inference.json"),
             bundle_root=str(self.bundle_root),
@@ -204,13 +208,33 @@ class BundleExporter:
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Write every format in ``formats`` and the report; returns the report.
+        """Write every format in ``formats`` and the report as one set; returns the report.
+
+        Everything is written into a staging folder ``models/.tmp_export_*`` from a snapshot of ``model.pt``
+        and moved into ``models/`` only when every check passed (:func:`custom_modules.artefacts.commit_staged`),
+        with each file's checksum and that of the weights in ``models/manifest.json``. A killed export leaves
+        the previous set (its staging folder is removed at the next start) or, killed while moving, a journal
+        the next start completes. Two exports of one bundle at a time are refused.
 
         Raises:
             ExportParityError: an FP32 export differs from PyTorch by more than ``fp32_atol`` on real slices.
         """
         start = time.perf_counter()
-        net = self.network()
+        self.models.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.models, "export"):
+            complete_interrupted_commit(self.models)
+            remove_stale_temporaries(self.models, min_age_s=0)
+            with tempfile.TemporaryDirectory(dir=self.models, prefix=f"{TEMP_PREFIX}export_") as tmp_name:
+                report = self._export_staged(Path(tmp_name), start)
+        print(render_export_markdown(report), flush=True)
+        return report
+
+    def _export_staged(self, tmp: Path, start: float) -> dict[str, Any]:
+        verify_artefact(self.models / "model.pt")
+        snapshot = tmp / "weights.pt"
+        shutil.copyfile(self.models / "model.pt", snapshot)
+        weights = ("model.pt", sha256_file(snapshot))
+        net = self.network(snapshot)
         eval_cases = list(
             load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.eval_split, self.eval_cases)
         )
@@ -218,75 +242,74 @@ class BundleExporter:
         batch = torch.from_numpy(pad_to_multiple(np.stack(slices)))
         report: dict[str, Any] = {
             "bundle": self.bundle_root.resolve().name,
+            "weights_sha256": weights[1],
             "formats": {},
             "fp32_atol": self.fp32_atol,
             "parity_slices": where,
             "parity_input_shape": list(batch.shape),
         }
-        self.models.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.models, prefix=".tmp_export_") as tmp_name:
-            tmp = Path(tmp_name)
-            if "torchscript" in self.formats:
-                logger.info("exporting TorchScript (monai.bundle ckpt_export)")
-                ts_path = self._torchscript(tmp)
-                diff = self._max_abs_diff(net, torch.jit.load(str(ts_path), map_location="cpu").eval(), batch)
-                self._accept("torchscript", ts_path, diff, report)
-            if "onnx" in self.formats:
-                logger.info("exporting ONNX (dynamo, opset %d)", self.opset)
-                onnx_path = export_onnx(
-                    net, tmp / FILES["onnx"], (1, batch.shape[1], 64, 64), self.opset, onnx_metadata(self.bundle_root)
-                )
-                diff = self._max_abs_diff(net, OnnxRuntimeNetwork(onnx_path, providers=["CPUExecutionProvider"]), batch)
-                self._accept("onnx", onnx_path, diff, report)
-            if "onnx_int8" in self.formats:
-                logger.info(
-                    "quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split
-                )
-                calibration = load_cases(
-                    self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split
-                )
-                calibration = list(calibration)
-                self._check_disjoint_patients(calibration, eval_cases)
-                cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
-                done = quantize_int8(self.models / FILES["onnx"], self.models / FILES["onnx_int8"], cal_slices)
-                report["formats"]["onnx_int8"] = {
-                    "file": FILES["onnx_int8"],
-                    **done,
-                    "calibration_split": self.calibration_split,
-                    "calibration_tumour_slices": sum(r["tumour"] for r in cal_where),
-                    "calibration_patients": sorted({c["patient_id"] for c in calibration}),
-                }
-            if "onnx_fp16" in self.formats:
-                logger.info("converting to FP16")
-                done = convert_fp16(self.models / FILES["onnx"], self.models / FILES["onnx_fp16"])
-                report["formats"]["onnx_fp16"] = {"file": FILES["onnx_fp16"], **done}
-        for name, entry in report["formats"].items():
-            entry["size_mib"] = round((self.models / entry["file"]).stat().st_size / 2**20, 3)
-        report["dice"] = self._region_dice(net, eval_cases)
+        if "torchscript" in self.formats:
+            logger.info("exporting TorchScript (monai.bundle ckpt_export)")
+            ts_path = self._torchscript(tmp, snapshot)
+            diff = self._max_abs_diff(net, torch.jit.load(str(ts_path), map_location="cpu").eval(), batch)
+            self._accept("torchscript", ts_path, diff, report)
+        if "onnx" in self.formats:
+            logger.info("exporting ONNX (dynamo, opset %d)", self.opset)
+            onnx_path = export_onnx(
+                net, tmp / FILES["onnx"], (1, batch.shape[1], 64, 64), self.opset, onnx_metadata(self.bundle_root)
+            )
+            diff = self._max_abs_diff(net, OnnxRuntimeNetwork(onnx_path, providers=["CPUExecutionProvider"]), batch)
+            self._accept("onnx", onnx_path, diff, report)
+        if "onnx_int8" in self.formats:
+            logger.info("quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split)
+            calibration = load_cases(
+                self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split
+            )
+            calibration = list(calibration)
+            self._check_disjoint_patients(calibration, eval_cases)
+            cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
+            done = quantize_int8(tmp / FILES["onnx"], tmp / FILES["onnx_int8"], cal_slices)
+            report["formats"]["onnx_int8"] = {
+                "file": FILES["onnx_int8"],
+                **done,
+                "calibration_split": self.calibration_split,
+                "calibration_tumour_slices": sum(r["tumour"] for r in cal_where),
+                "calibration_patients": sorted({c["patient_id"] for c in calibration}),
+            }
+        if "onnx_fp16" in self.formats:
+            logger.info("converting to FP16")
+            done = convert_fp16(tmp / FILES["onnx"], tmp / FILES["onnx_fp16"])
+            report["formats"]["onnx_fp16"] = {"file": FILES["onnx_fp16"], **done}
+        for entry in report["formats"].values():
+            entry["size_mib"] = round((tmp / entry["file"]).stat().st_size / 2**20, 3)
+        report["dice"] = self._region_dice(net, eval_cases, tmp)
         report["seconds"] = round(time.perf_counter() - start, 1)
-        write_text_atomic(self.models / "export_report.json", json.dumps(report, indent=2) + "\n")
-        write_text_atomic(self.models / "export_report.md", render_export_markdown(report))
-        print(render_export_markdown(report), flush=True)
+        write_text_atomic(tmp / "export_report.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(tmp / "export_report.md", render_export_markdown(report))
+        entries = {e["file"]: artefact_entry(tmp / e["file"], weights) for e in report["formats"].values()}
+        for name in ("export_report.json", "export_report.md"):
+            entries[name] = artefact_entry(tmp / name, weights)
+        commit_staged(self.models, tmp, entries)
+        logger.info("wrote %s to %s", ", ".join(sorted(entries)), self.models)
         return report
 
     def _accept(self, fmt: str, staged: Path, diff: float, report: dict[str, Any]) -> None:
-        """Move a checked FP32 artefact into ``models/``, or raise when it differs from PyTorch."""
-        target = self.models / FILES[fmt]
+        """Record a checked FP32 artefact, or raise when it differs from PyTorch."""
         if not diff <= self.fp32_atol:
             raise ExportParityError(
-                f"{target}: max |{fmt} - PyTorch| = {diff:.3g} on real slices exceeds {self.fp32_atol:g}"
+                f"{self.models / FILES[fmt]}: max |{fmt} - PyTorch| = {diff:.3g} on real slices exceeds "
+                f"{self.fp32_atol:g}; nothing was written"
             )
-        os.replace(staged, target)
         report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff": diff, "parity": "ok"}
 
-    def _region_dice(self, net: torch.nn.Module, cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def _region_dice(self, net: torch.nn.Module, cases: Sequence[dict[str, Any]], folder: Path) -> dict[str, Any]:
         """Per-case region Dice of PyTorch FP32 and of each reduced-precision ONNX model, and the differences."""
         reduced = [f for f in ("onnx_int8", "onnx_fp16") if f in self.formats]
         if not reduced or not cases:
             return {}
         backends = {
             "torch_fp32": net,
-            **{f: OnnxRuntimeNetwork(self.models / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced},
+            **{f: OnnxRuntimeNetwork(folder / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced},
         }
         rows = []
         for case in cases:

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import custom_modules
+from custom_modules.artefacts import MANIFEST_NAME, read_manifest, record_artefacts, verify_artefact
 from custom_modules.files import json_text
+from custom_modules.handlers import load_state_dict_checked, load_weights
+from raagr2_tools.authoring.config import bundle_network
 from raagr2_tools.authoring.variant import GENERATED_KEY
 
 __all__ = [
@@ -189,11 +192,16 @@ class BundlePackager:
     Args:
         bundle_root: the bundle folder (``configs/``, ``models/model.pt``, ``LICENSE``, ``docs/``).
         output_dir: where the zip goes (created if needed).
+        overwrite: replace an existing ``<name>.zip`` (else it is refused).
+
+    Every model file is checked against ``models/manifest.json`` (corrupt or stale exports are refused with
+    the command that rebuilds them) and ``model.pt`` must load weights-only into the bundle's ``network_def``.
     """
 
-    def __init__(self, bundle_root: str | Path, output_dir: str | Path) -> None:
+    def __init__(self, bundle_root: str | Path, output_dir: str | Path, overwrite: bool = False) -> None:
         self.bundle_root = Path(bundle_root).resolve()
         self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
         self.name = self.bundle_root.name
         #: the runtime layer's folder, copied as ``scripts/``
         self.runtime_dir = Path(custom_modules.__file__).resolve().parent
@@ -201,6 +209,10 @@ class BundlePackager:
     def run(self) -> Path:
         """Stage, self-check and zip the bundle; returns the zip's path."""
         self._check_layout()
+        target = self.output_dir / f"{self.name}.zip"
+        if target.exists() and not self.overwrite:
+            raise PackagingError(f"{target} exists (an earlier package, kept); set overwrite true to replace it")
+        self._check_models()
         configs = self._rewritten_configs()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"package_{self.name}_") as tmp:
@@ -219,6 +231,16 @@ class BundlePackager:
                 raise PackagingError(
                     f"{root / required} not found: a packaged bundle needs it (train or copy it first)"
                 )
+
+    def _check_models(self) -> None:
+        """Refuse corrupt or stale model files, and a ``model.pt`` that does not load into the network."""
+        models = self.bundle_root / "models"
+        for name in MODEL_FILES:
+            if (models / name).is_file():
+                verify_artefact(models / name)
+        load_state_dict_checked(
+            bundle_network(self.bundle_root), load_weights(models / "model.pt"), models / "model.pt"
+        )
 
     def _rewritten_configs(self) -> dict[str, str]:
         """``configs/<file>.json`` -> rewritten JSON text (``scripts`` names, ``bundle_root`` component), for
@@ -289,11 +311,13 @@ class BundlePackager:
         if (root / "docs").is_dir():
             shutil.copytree(root / "docs", staged / "docs", ignore=shutil.ignore_patterns("__pycache__"))
         (staged / "models").mkdir()
-        for name in MODEL_FILES:
+        for name in (*MODEL_FILES, MANIFEST_NAME):
             if (root / "models" / name).is_file():
                 shutil.copy2(root / "models" / name, staged / "models" / name)
         if (staged / "models" / "model.ts").is_file():
             self._rewrite_torchscript(staged / "models" / "model.ts")
+            if "model.ts" in read_manifest(staged / "models"):  # re-saved: its checksum changes, its source does not
+                record_artefacts(staged / "models", {"model.ts": "model.pt"})
         shutil.copytree(self.runtime_dir, staged / SCRIPTS, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     def _rewrite_torchscript(self, path: Path) -> None:
@@ -333,6 +357,8 @@ class BundlePackager:
 
     def _zip(self, staged: Path) -> Path:
         target = self.output_dir / f"{self.name}.zip"
+        if target.exists() and not self.overwrite:
+            raise PackagingError(f"{target} exists (an earlier package, kept); set overwrite true to replace it")
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".zip.tmp", dir=self.output_dir)
         os.close(fd)
         try:
