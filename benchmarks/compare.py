@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from custom_modules.files import write_json
 from custom_modules.networks.complexity import FLOP_COUNTER
 
 from .machine import REPO_ROOT, machine_description
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result, indent=2)
     png = plot_ratios(result, out.with_suffix(".png")) if result["ratios"] else None
     print(f"wrote {out}" + (f" and {png}" if png else "") + f" (total {result['wall_time_s']:.0f} s)", flush=True)
     return 1 if any(v.get("error") for v in result["variants"]) else 0

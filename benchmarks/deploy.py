@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from custom_modules.constants import REGION_CHANNELS as REGIONS
+from custom_modules.files import write_json
 from raagr2_tools.reports import format_value as _fmt
 from raagr2_tools.reports import markdown_table
 
@@ -723,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     print(result["markdown"], flush=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result, indent=2)
     png = plot_volume_times(result, out.with_suffix(".png")) if result["rows"] else None
     _log(f"wrote {out}" + (f" and {png}" if png else "") + f" (total {result['wall_time_s']:.0f} s)")
     failed = any(v.get("error") for v in result["variants"]) or bool(

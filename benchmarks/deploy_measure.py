@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from custom_modules.constants import REGION_CHANNELS as REGIONS
+from custom_modules.files import write_json
 
 from .machine import device_name
 from .measure import step_logger
@@ -551,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         result = {"name": spec["name"], "error": f"{type(e).__name__}: {e}"[:1000]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result, indent=2)
     return 1 if result.get("error") else 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from custom_modules.files import write_json
 from custom_modules.networks.complexity import FLOP_COUNTER, checkpoint_size_mib, count_flops, count_parameters
 from raagr2_tools.authoring import bundle_network
 
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = measure_bundle(args.bundle, settings, args.name)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result, indent=2)
     return 0
 
 
