@@ -80,7 +80,7 @@ def real_split_datalist(real_datalist: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: Path | None = None) -> int:
-    """Every ``test`` case of ``datalist`` has ``<case_id>_seg.nii.gz`` in ``pred_dir``: a uint8 BraTS label map
+    """Every ``test`` case of ``datalist`` has ``<case_id>_pred.nii.gz`` in ``pred_dir``: a uint8 BraTS label map
     (0/1/2/4) with its input's shape and affine. Returns the number of cases checked."""
     import json
 
@@ -91,7 +91,7 @@ def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: 
     cases = json.loads(Path(datalist).read_text())["test"]
     for case in cases:
         reference = nib.load(Path(dataset_dir) / case["image"][0])
-        written = nib.load(Path(pred_dir) / f"{case['case_id']}_seg.nii.gz")
+        written = nib.load(Path(pred_dir) / f"{case['case_id']}_pred.nii.gz")
         assert written.shape == reference.shape
         np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
         assert written.get_data_dtype() == np.uint8

@@ -199,6 +199,6 @@ def test_inference_on_one_four_channel_nifti(trained_bundle: Path, phantom_datas
         },
         cwd=tmp_path,
     )
-    written = nib.load(tmp_path / "pred" / "case4d_seg.nii.gz")
+    written = nib.load(tmp_path / "pred" / "case4d_pred.nii.gz")
     assert written.shape == first.shape and written.get_data_dtype() == np.uint8
     np.testing.assert_allclose(written.affine, first.affine, atol=1e-5)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import DEPLOY_BUNDLES, EXPORT_TEST_SETTINGS, REAL_CASES, assert_label_maps_match_inputs
 
+from custom_modules.errors import ArtefactError
 from raagr2_tools.jobs.bundle_cli import bundle_command, run_bundle
 from raagr2_tools.shipping import FILES, BundleExporter, ExportParityError, head_node_names
 
@@ -150,7 +151,7 @@ def test_inference_backends_give_the_same_label_map(exported_bundles, one_case_d
             cwd=tmp_path,
         )
         assert assert_label_maps_match_inputs(out, one_case_datalist) == 1
-        (written,) = out.glob("*_seg.nii.gz")
+        (written,) = out.glob("*_pred.nii.gz")
         maps[backend] = np.asarray(nib.load(written).dataobj)
     assert maps["torch"].any(), "a trained network should mark some voxels (else the comparison is vacuous)"
     for backend in ("torchscript", "onnxruntime"):
@@ -175,7 +176,7 @@ def test_brain_options_segment_through_the_bundle(exported_bundles, one_case_dat
             },
             cwd=tmp_path,
         )
-        (written,) = folder.glob("*_seg.nii.gz")
+        (written,) = folder.glob("*_pred.nii.gz")
         out[bool(options)] = np.asarray(nib.load(written).dataobj)
     files = json.loads(one_case_datalist.read_text())["test"][0]["image"]
     brain = np.any([np.asarray(nib.load(REAL_CASES / f).dataobj) != 0 for f in files], axis=0)
@@ -232,7 +233,7 @@ def test_export_without_weights_or_with_a_failing_parity_check_fails_clearly(
         exporter.run()
     assert not (bundle / "models" / "model.onnx").exists(), "a model that failed its check is not left in models/"
     (bundle / "models" / "model.pt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"model\.pt not found: train the bundle first"):
+    with pytest.raises(ArtefactError, match=r"model\.pt: model file not found; rebuild it with: .*run training"):
         BundleExporter(bundle, REAL_CASES, real_datalist).run()
     with pytest.raises(ValueError, match="unknown export formats"):
         BundleExporter(bundle, REAL_CASES, real_datalist, formats=("tflite",))

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REAL_CASES, REPO_ROOT, SCHEMA, assert_label_maps_match_inputs
 
+from custom_modules.artefacts import MANIFEST_NAME
 from raagr2_tools.jobs.bundle_cli import run_bundle
 from raagr2_tools.shipping import ZOO_CHECKS, BundlePackager, PackagingError, verify_bundle
 from raagr2_tools.shipping.package import MODEL_FILES
@@ -91,7 +92,7 @@ def test_zip_holds_the_bundle_and_only_the_custom_code_it_needs(packaged: tuple[
     names = zipfile.ZipFile(archive).namelist()
     assert {n.split("/")[0] for n in names} == {"raagr2_baseline"}
     assert {n.split("/")[1] for n in names} == {"LICENSE", "configs", "docs", "models", "scripts"}
-    assert {Path(n).name for n in names if n.startswith("raagr2_baseline/models/")} <= set(MODEL_FILES)
+    assert {Path(n).name for n in names if n.startswith("raagr2_baseline/models/")} <= {*MODEL_FILES, MANIFEST_NAME}
     assert {"model.pt", "model.ts"} <= {p.name for p in (bundle / "models").iterdir()}
     assert {"inference.json", "metadata.json", "logging.conf"} <= {p.name for p in (bundle / "configs").iterdir()}
     scripts = bundle / "scripts"

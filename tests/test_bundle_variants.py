@@ -95,7 +95,7 @@ def test_shared_bundle_trains_and_segments_a_real_case(tmp_path: Path, phantom_d
         cwd=tmp_path,
     )
     reference = nib.load(REAL_CASES / case["image"][0])
-    written = nib.load(tmp_path / "pred" / f"{case['case_id']}_seg.nii.gz")
+    written = nib.load(tmp_path / "pred" / f"{case['case_id']}_pred.nii.gz")
     assert written.shape == reference.shape and written.get_data_dtype() == np.uint8
     np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
 
