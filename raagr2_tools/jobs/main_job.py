@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,8 @@ from typing import Any
 import torch
 
 from custom_modules.constants import REGION_DISPLAY_ORDER
-from custom_modules.files import write_json, write_text_atomic
+from custom_modules.files import TEMP_PREFIX, write_json, write_text_atomic
+from custom_modules.handlers.run_guard import RUN_RECORD
 from custom_modules.metrics.summary import region_summary
 from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_parameters, slice_latency_ms
 from data_prep.prepare import prepare_datalist
@@ -104,7 +106,16 @@ def prepare_data(args: argparse.Namespace, workdir: Path, settings: dict[str, An
         dataset_dir = args.data.resolve()
         print(f"[1/5] using BraTS-style data in {dataset_dir}", flush=True)
     datalist = workdir / "datalist.json"
-    prepare_datalist(dataset_dir, datalist, seed=args.seed)
+    candidate = workdir / f"{TEMP_PREFIX}datalist.json"
+    prepare_datalist(dataset_dir, candidate, seed=args.seed)
+    if datalist.is_file() and (workdir / "models" / RUN_RECORD).is_file():
+        if json.loads(datalist.read_text()) != json.loads(candidate.read_text()):
+            candidate.unlink()
+            raise ValueError(
+                f"{workdir}: holds a run on another dataset or split ({datalist}); use another --workdir, or delete "
+                f"{workdir} to start fresh"
+            )
+    os.replace(candidate, datalist)
     return dataset_dir, datalist
 
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
+from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, LoadImaged
 
 from custom_modules.data import load_datalist
 from custom_modules.data.screening import SKIPPED_KEY
 from custom_modules.data.screening import case_error as _case_error
 from custom_modules.errors import CaseInputError
+from custom_modules.transforms import PredictionTargetd
 from custom_modules.transforms.load_case import case_name, check_label
 from raagr2_tools.authoring.config import bundle_parser
 
@@ -40,7 +41,9 @@ def load_cases(
     entries = load_datalist(data_list_file_path, split, dataset_dir, on_bad_case="skip")
     if skipped is not None:
         skipped += entries.skipped
-    preprocessing = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
+    shipped = bundle_parser(bundle_root).get_parsed_content("preprocessing", instantiate=True)
+    # the loading and normalisation of inference, without its check of the prediction file (nothing is written)
+    preprocessing = Compose([t for t in shipped.transforms if not isinstance(t, PredictionTargetd)])
     load_label = LoadImaged("label", ensure_channel_first=True)
     to_regions = ConvertToMultiChannelBasedOnBratsClassesd("label")
     used = 0
