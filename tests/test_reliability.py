@@ -351,3 +351,14 @@ def test_main_job_refuses_a_work_folder_that_holds_a_run_on_other_data(tmp_path:
         prepare_data(argparse.Namespace(data=tmp_path / "data1", seed=0), workdir, {})
     assert (workdir / "datalist.json").read_bytes() == before
     assert not list(workdir.glob(".tmp_*"))
+
+
+def test_a_failed_bundle_run_raises_with_the_childs_cause(tmp_path: Path) -> None:
+    from raagr2_tools.jobs.bundle_cli import run_bundle
+
+    overrides = {"bundle_root": tmp_path, "dataset_dir": tmp_path, "data_list_file_path": tmp_path / "none.json"}
+    with pytest.raises(RuntimeError) as error:
+        run_bundle([REPO_ROOT / "bundles" / "raagr2_baseline" / "configs" / "train.json"], "training", overrides)
+    message = str(error.value)
+    assert message.startswith("bundle run 'training' failed (exit 1): DatalistError: datalist ") and "\n" not in message
+    assert f"{tmp_path / 'none.json'} not found" in message
