@@ -170,6 +170,12 @@ def test_prediction_never_replaces_an_input_or_an_earlier_result(tmp_path: Path)
     with pytest.raises(CaseInputError, match="exists .an earlier result, kept.; set overwrite true"):
         PredictionTargetd("image", str(tmp_path / "A"), "pred")(entry)
     PredictionTargetd("image", str(tmp_path / "A"), "pred", overwrite=True)(entry)
+    # `--overwrite false` reaches the config as the text 'false' (fire keeps lower-case words as text)
+    with pytest.raises(CaseInputError, match="exists"):
+        PredictionTargetd("image", str(tmp_path / "A"), "pred", overwrite="false")(entry)
+    PredictionTargetd("image", str(tmp_path / "A"), "pred", overwrite="true")(entry)
+    with pytest.raises(ValueError, match="config key overwrite: 'maybe' is not a boolean"):
+        PredictionTargetd("image", str(tmp_path / "A"), "pred", overwrite="maybe")
 
 
 # --- artefacts know where they came from -----------------------------------------------------------------------

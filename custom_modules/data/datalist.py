@@ -6,10 +6,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from monai.data import load_decathlon_datalist
 
+from ..transforms.load_case import entry_files
 from .screening import SKIPPED_KEY
 
 logger = logging.getLogger(__name__)
@@ -28,14 +28,6 @@ class Datalist(list):
     def __init__(self, entries=(), skipped=()) -> None:
         super().__init__(entries)
         self.skipped: list[dict[str, str]] = list(skipped)
-
-
-def _files(entry: dict[str, Any]) -> list[str]:
-    paths = []
-    for key in ("image", "label"):
-        value = entry.get(key)
-        paths += [value] if isinstance(value, str) else list(value or [])
-    return paths
 
 
 def load_datalist(
@@ -70,7 +62,7 @@ def load_datalist(
     usable, skipped, seen = Datalist(), [], {}
     for index, entry in enumerate(entries):
         case = os.path.basename(str(entry.get("case_id", f"#{index}")))
-        missing = [f for f in _files(entry) if not os.path.isfile(f)]
+        missing = [f for f in entry_files(entry) if not os.path.isfile(f)]
         problem = None
         if missing:
             problem = (

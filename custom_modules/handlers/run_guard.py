@@ -22,6 +22,7 @@ from ignite.engine import Engine
 from ..errors import RunFolderError
 from ..files import remove_stale_temporaries, write_json
 from ..locks import FolderLock
+from ..transforms.load_case import entry_files
 from .distributed import is_main_process
 
 __all__ = ["RESUME_MODES", "RUN_RECORD", "RunGuard", "data_fingerprint"]
@@ -34,20 +35,12 @@ RUN_RECORD = "run.json"
 RESUME_MODES = ("auto", "force")
 
 
-def _entry_files(entry: Mapping[str, Any]) -> list[str]:
-    files = []
-    for key in ("image", "label"):
-        value = entry.get(key)
-        files += [value] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value or []]
-    return files
-
-
 def data_fingerprint(datalists: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     """SHA-256 over every entry of ``datalists`` (name -> entries) and each file's path, size and mtime."""
     digest = hashlib.sha256()
     for name in sorted(datalists):
         for entry in datalists[name]:
-            for path in _entry_files(entry):
+            for path in entry_files(entry):
                 stat = os.stat(path) if os.path.exists(path) else None
                 stamp = f"{stat.st_size}:{stat.st_mtime_ns}" if stat else "missing"
                 digest.update(f"{name}|{entry.get('case_id', '')}|{os.path.abspath(path)}|{stamp}\n".encode())

@@ -92,10 +92,6 @@ class WeightsLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
-        if isinstance(self.map_location, torch.device):
-            map_location: Any = self.map_location
-        else:
-            map_location = self.map_location or "cpu"
-        state = load_weights(self.load_path, map_location)
+        state = load_weights(self.load_path, self.map_location or "cpu")
         load_state_dict_checked(self.network, state, self.load_path)
         logger.info(f"loaded weights {self.load_path}")

@@ -21,7 +21,7 @@ from monai.transforms import LoadImaged, MapTransform
 from ..constants import BRATS_LABELS, MODALITY_ORDER
 from ..errors import CaseInputError
 
-__all__ = ["AFFINE_ATOL", "LoadCased", "case_name", "check_image", "check_label"]
+__all__ = ["AFFINE_ATOL", "LoadCased", "case_name", "check_image", "check_label", "entry_files"]
 
 #: largest difference between the affines of a case's image and label (mm), as ``data_prep.validation``
 AFFINE_ATOL = 1e-3
@@ -38,7 +38,12 @@ def case_name(data: Mapping[Hashable, Any], image_key: str = "image") -> str:
 
 
 def _files(value: Any) -> list[str]:
-    return [str(value)] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
+    return [str(value)] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value or []]
+
+
+def entry_files(entry: Mapping[Hashable, Any], keys: Sequence[str] = ("image", "label")) -> list[str]:
+    """The file paths of a datalist entry under ``keys`` (a path or a list of paths each), in order."""
+    return [path for key in keys for path in _files(entry.get(key))]
 
 
 def _channel_file(files: Sequence[str], channel: int) -> str:

@@ -16,9 +16,10 @@ from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
+from ..choice import config_bool
 from ..errors import CaseInputError
 from ..files import atomic_path
-from .load_case import case_name
+from .load_case import case_name, entry_files
 
 __all__ = ["AtomicNibabelWriter", "PredictionTargetd", "prediction_path"]
 
@@ -43,7 +44,7 @@ class PredictionTargetd(MapTransform):
     Args:
         keys: the entry's file keys (``"image"``, and ``"label"`` if present) checked against the target.
         output_dir, output_postfix, output_ext: as given to ``SaveImaged``.
-        overwrite: replace predictions of an earlier run.
+        overwrite: replace predictions of an earlier run (a bool, or ``true``/``false`` text from the command line).
     """
 
     def __init__(
@@ -56,18 +57,17 @@ class PredictionTargetd(MapTransform):
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.output_dir, self.postfix, self.ext, self.overwrite = output_dir, output_postfix, output_ext, overwrite
+        self.output_dir, self.postfix, self.ext = output_dir, output_postfix, output_ext
+        self.overwrite = config_bool(overwrite, "overwrite")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
         case_id = case_name(data)
         target = os.path.realpath(prediction_path(self.output_dir, case_id, self.postfix, self.ext))
-        inputs = [data.get("label")] + [data[k] for k in self.key_iterator(dict(data))]
-        for value in inputs:
-            for path in [value] if isinstance(value, (str, os.PathLike)) else list(value or []):
-                if os.path.realpath(str(path)) == target:
-                    raise CaseInputError(
-                        case_id, f"{target}: the prediction would replace this input file; choose another output_dir"
-                    )
+        for path in entry_files(data, [*self.keys, "label"]):
+            if os.path.realpath(path) == target:
+                raise CaseInputError(
+                    case_id, f"{target}: the prediction would replace this input file; choose another output_dir"
+                )
         if os.path.exists(target) and not self.overwrite:
             raise CaseInputError(
                 case_id, f"{target}: exists (an earlier result, kept); set overwrite true to replace it"

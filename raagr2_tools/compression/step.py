@@ -15,7 +15,6 @@ holding the work of a run with another fingerprint (settings, teacher weights' s
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -28,6 +27,8 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from torch import nn
 
+from custom_modules.artefacts import sha256_file
+from custom_modules.choice import config_bool
 from custom_modules.constants import REGION_DISPLAY_ORDER
 from custom_modules.handlers import RegionMetricsWriter
 from custom_modules.handlers.region_metrics_writer import SCORED
@@ -69,28 +70,6 @@ def attach_training_hooks(engine: Engine, hooks: TrainingHooks) -> list[Any]:
         for callback in callbacks:
             handles.append(engine.add_event_handler(event, _call_without_engine(callback)))
     return handles
-
-
-def _sha256(path: str | Path) -> str:
-    """Hex SHA-256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _config_bool(value: Any, key: str) -> bool:
-    """A boolean config value; the text ``true``/``false`` too (``--key true`` on the command line reaches the
-    config as text, and ``bool("false")`` would be true)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", "none", "null"):
-        return False
-    raise ValueError(f"config key {key}: {value!r} is not a boolean; set it to true or false")
 
 
 def _call_without_engine(callback: Any) -> Any:
@@ -189,7 +168,7 @@ class CompressionStep:
         self.name = pruned_bundle_name(pruning.method, pruning.ratio, variant)
         self.work_dir = self.output_dir / f"{self.name}.work"
         self.bundle_dir = self.output_dir / self.name
-        self.overwrite = _config_bool(overwrite, "overwrite")
+        self.overwrite = config_bool(overwrite, "overwrite")
         self.datalist = None if datalist is None else str(datalist)
         check_bundle_target(self.bundle_dir, self.overwrite)  # now, not after the hours of pruning
         if self.overwrite and self.bundle_dir.exists():
@@ -293,8 +272,8 @@ class CompressionStep:
             "settings": settings_fingerprint(self.pruning, self.finetune_settings, self.report),
             "network": self.network_config,
             "learning_rates": self.learning_rates,
-            "teacher_ckpt_sha256": _sha256(self.teacher_ckpt),
-            "data_list_file_path_sha256": None if self.datalist is None else _sha256(self.datalist),
+            "teacher_ckpt_sha256": sha256_file(self.teacher_ckpt),
+            "data_list_file_path_sha256": None if self.datalist is None else sha256_file(self.datalist),
         }
 
     def run(self) -> Path:

@@ -39,6 +39,7 @@ from typing import Any
 
 import custom_modules
 from custom_modules.artefacts import MANIFEST_NAME, read_manifest, record_artefacts, verify_artefact
+from custom_modules.choice import config_bool
 from custom_modules.files import json_text
 from custom_modules.handlers import load_state_dict_checked, load_weights
 from raagr2_tools.authoring.config import bundle_network
@@ -201,7 +202,7 @@ class BundlePackager:
     def __init__(self, bundle_root: str | Path, output_dir: str | Path, overwrite: bool = False) -> None:
         self.bundle_root = Path(bundle_root).resolve()
         self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
+        self.overwrite = config_bool(overwrite, "overwrite")
         self.name = self.bundle_root.name
         #: the runtime layer's folder, copied as ``scripts/``
         self.runtime_dir = Path(custom_modules.__file__).resolve().parent
