@@ -11,21 +11,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "device_name", "machine_description"]
+from custom_modules.hardware import CPU_FLAGS, cpu_flags, cpu_model
+
+__all__ = ["CPU_FLAGS", "cpu_flags", "cpu_model", "device_name", "machine_description"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """CPU model from ``/proc/cpuinfo`` ("model name"), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def device_name(device: str | torch.device) -> str:
@@ -58,23 +48,6 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": commit, "dirty": bool(dirty)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
-
-
-#: CPU features that decide which fast paths exist (/proc/cpuinfo flag names)
-CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    """The flags of :data:`CPU_FLAGS` this CPU reports (empty where /proc/cpuinfo is unreadable)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    present = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            present.update(line.split(":", 1)[1].split())
-    return [f for f in CPU_FLAGS if f in present]
 
 
 def machine_description(device: str | torch.device = "cpu") -> dict[str, Any]:

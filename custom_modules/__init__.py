@@ -6,12 +6,14 @@ itself only relatively and never imports the tooling (``raagr2_tools``, ``data_p
 packaged bundle ships it unchanged as its ``scripts/`` folder.
 
 Importing it (any bundle run does) makes an uncaught error end with one line naming its root cause, see
-:mod:`.errors`.
+:mod:`.errors`, and switches off the telemetry of OpenVINO's tools and NNCF, see :mod:`.telemetry`.
 """
 
 from .errors import install_last_line_hook
+from .telemetry import disable_telemetry
 
 install_last_line_hook()
+disable_telemetry()
 
 
 def bundle_root() -> str:

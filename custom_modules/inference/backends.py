@@ -1,5 +1,6 @@
-"""Inference backends for bundle configs: the PyTorch network, its TorchScript export or its ONNX export in
-ONNX Runtime, chosen by the config key ``backend`` and all called like an ``nn.Module``."""
+"""Inference backends for bundle configs, chosen by the config key ``backend`` and all called like an ``nn.Module``:
+the PyTorch network, its TorchScript export, its ONNX export in ONNX Runtime (FP32 or INT8) or its OpenVINO IR
+(FP32, BF16 or INT8); ``auto`` (:mod:`.auto`) picks the fastest checked one."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from torch import nn
 
 from ..artefacts import EXPORT_COMMAND, rebuild_command, verify_artefact
 from ..errors import ArtefactError
+from .auto import AUTO, BACKEND_FILES, backend_files, choose_backend
+from .openvino_network import OpenVinoNetwork
 
 __all__ = ["BACKENDS", "EXPORT_COMMAND", "OnnxRuntimeNetwork", "backend_network", "onnxruntime_providers"]
 
-#: values of the bundle config key ``backend``
-BACKENDS = ("torch", "torchscript", "onnxruntime")
+#: the backends a bundle can run; the config key ``backend`` takes one of these or ``"auto"``
+BACKENDS = ("torch", *BACKEND_FILES)
 
 #: GPU execution providers of ONNX Runtime, most preferred first
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -129,38 +132,48 @@ def backend_network(
     network: nn.Module,
     bundle_root: str | Path,
     device: torch.device | str,
-    torchscript_file: str = "models/model.ts",
-    onnx_file: str = "models/model.onnx",
+    model_file: str | None = None,
 ) -> nn.Module:
-    """The network a bundle runs for ``backend`` (one of :data:`BACKENDS`), on ``device``.
+    """The network a bundle runs for ``backend`` (one of :data:`BACKENDS`, or ``"auto"``), on ``device``.
 
-    - ``"torch"``: ``network.to(device)`` (its weights are loaded by the config's ``CheckpointLoader``);
-    - ``"torchscript"``: ``torch.jit.load(<bundle_root>/<torchscript_file>, map_location=device)`` in eval mode;
-    - ``"onnxruntime"``: :class:`OnnxRuntimeNetwork` of ``<bundle_root>/<onnx_file>`` with
-      :func:`onnxruntime_providers` ``(device)``.
+    - ``"torch"``: ``network.to(device)`` (its weights are loaded by the config's ``WeightsLoader``);
+    - ``"torchscript"``: ``torch.jit.load(models/model.ts, map_location=device)`` in eval mode;
+    - ``"onnxruntime"``, ``"onnxruntime_int8"``: :class:`OnnxRuntimeNetwork` of ``models/model.onnx`` or
+      ``models/model_int8.onnx`` with :func:`onnxruntime_providers` ``(device)``;
+    - ``"openvino"``, ``"openvino_bf16"``: :class:`OpenVinoNetwork` of ``models/model_openvino.xml`` in FP32 or
+      BF16; ``"openvino_int8"``: of ``models/model_openvino_int8.xml`` (CPU only);
+    - ``"auto"``: :func:`~custom_modules.inference.auto.choose_backend` first (configs resolve it once, as
+      ``backend_choice``, so that the weights loader knows whether PyTorch runs).
 
-    ``network`` is unused by the exported backends. Relative file names are resolved against ``bundle_root``.
+    ``network`` is unused by the exported backends. ``model_file`` replaces the backend's file (relative names
+    are resolved against ``bundle_root``).
 
-    The exported file is first checked against ``models/manifest.json`` (:func:`verify_artefact`): a corrupt file
-    or one exported from other weights than the current ``model.pt`` is refused.
+    The exported files are first checked against ``models/manifest.json`` (:func:`verify_artefact`): a corrupt
+    file or one exported from other weights than the current ``model.pt`` is refused.
 
     Raises:
-        ValueError: for an unknown ``backend``.
+        ValueError: for an unknown ``backend``, or an OpenVINO backend on a non-CPU device.
         FileNotFoundError: when the exported model file is missing; the message gives :data:`EXPORT_COMMAND`.
         ArtefactError: a corrupt, stale or unloadable exported file; the message gives the rebuild command.
     """
+    backend = choose_backend(backend, bundle_root, device) if backend == AUTO else backend
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+        raise ValueError(f"backend must be one of {(*BACKENDS, AUTO)}, got {backend!r}.")
     device = torch.device(device)
     if backend == "torch":
         return network.to(device)
-    path = Path(bundle_root) / (torchscript_file if backend == "torchscript" else onnx_file)
+    if backend.startswith("openvino") and device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU only; device is {device} (use onnxruntime or torch).")
+    names = [model_file] if model_file else backend_files(backend)
+    paths = [Path(bundle_root) / "models" / name if model_file is None else Path(bundle_root) / name for name in names]
+    path = paths[0]
     if not path.is_file():
         raise FileNotFoundError(
             f"backend {backend!r} needs the exported model {path}, which does not exist; "
             f"`{EXPORT_COMMAND.format(bundle=bundle_root)}` writes it."
         )
-    verify_artefact(path)
+    for file in paths:
+        verify_artefact(file)
     if backend == "torchscript":
         try:
             return torch.jit.load(str(path), map_location=device).eval()
@@ -170,4 +183,6 @@ def backend_network(
                 f"{path}: torch.jit.load cannot load it ({type(e).__name__}: {first}); "
                 f"rebuild it with: {rebuild_command(path)}"
             ) from None
+    if backend.startswith("openvino"):
+        return OpenVinoNetwork(path, precision="bf16" if backend == "openvino_bf16" else "fp32")
     return OnnxRuntimeNetwork(path, providers=onnxruntime_providers(device))

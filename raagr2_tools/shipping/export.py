@@ -8,8 +8,17 @@
   in ``metadata_props``;
 - ``model_int8.onnx``: static QDQ INT8, per-channel weights, calibrated on real slices, head kept in float;
 - ``model_fp16.onnx``: FP16 inside, FP32 I/O, for the CUDA/TensorRT execution providers;
+- ``model_openvino.{xml,bin}``: the OpenVINO IR in FP32 (backends ``openvino`` and, compiled in bfloat16,
+  ``openvino_bf16``);
+- ``model_openvino_int8.{xml,bin}``: NNCF post-training INT8, calibrated on the same real slices, head in float;
 - ``export_report.{json,md}``: FP32 parity (max |difference| on real slices, must be <= ``fp32_atol``) and, for
-  INT8 and FP16, the per-case WT/TC/ET Dice against the labels next to PyTorch FP32's, with the difference.
+  INT8, FP16 and BF16, the per-case WT/TC/ET Dice against the labels next to PyTorch FP32's, with the difference
+  and the mask agreement with PyTorch FP32; each CPU backend's check (``checks``): passed when FP32 parity holds,
+  or for a reduced precision when its mean mask agreement per region is >= ``agreement_threshold`` and its mean
+  Dice loss per region is <= ``max_dice_drop``;
+- ``backends.json``: PyTorch and every CPU backend timed on real slices of the bundle's inference size on this
+  machine, with the checks and the CPU model and flags: what ``backend: auto`` chooses from
+  (:mod:`custom_modules.inference.auto`).
 """
 
 from __future__ import annotations
@@ -37,28 +46,42 @@ from custom_modules.artefacts import (
 from custom_modules.constants import REGION_CHANNELS, REGION_DISPLAY_ORDER
 from custom_modules.files import TEMP_PREFIX, remove_stale_temporaries, write_text_atomic
 from custom_modules.handlers import load_state_dict_checked, load_weights
-from custom_modules.inference import OnnxRuntimeNetwork
+from custom_modules.inference import BACKEND_RECORD, OnnxRuntimeNetwork, OpenVinoNetwork
 from custom_modules.locks import folder_lock
 from custom_modules.transforms import LabelMapPostprocessing, delivered_regions
 from raagr2_tools.authoring.config import bundle_network, bundle_parser
 from raagr2_tools.reports.tables import markdown_table
 
+from .backend_timing import backend_record, time_backends
 from .cases import load_cases, pad_to_multiple, sample_slices
 from .fp16 import convert_fp16
 from .onnx import export_onnx
+from .openvino import export_openvino, quantize_openvino_int8
 from .quantize import quantize_int8
 
 __all__ = ["FORMATS", "FILES", "ExportParityError", "BundleExporter", "onnx_metadata"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "onnx", "onnx_int8", "onnx_fp16")
+FORMATS = ("torchscript", "onnx", "onnx_int8", "onnx_fp16", "openvino", "openvino_int8")
 FILES = {
     "torchscript": "model.ts",
     "onnx": "model.onnx",
     "onnx_int8": "model_int8.onnx",
     "onnx_fp16": "model_fp16.onnx",
+    "openvino": "model_openvino.xml",
+    "openvino_int8": "model_openvino_int8.xml",
 }
+#: export format -> the CPU backend (``custom_modules.inference.BACKENDS``) that runs it; FP16 is for GPUs
+CPU_BACKENDS = {
+    "torchscript": "torchscript",
+    "onnx": "onnxruntime",
+    "onnx_int8": "onnxruntime_int8",
+    "openvino": "openvino",
+    "openvino_int8": "openvino_int8",
+}
+#: reduced-precision runs scored against PyTorch FP32: export format or derived backend -> how it runs
+REDUCED = ("onnx_int8", "onnx_fp16", "openvino_bf16", "openvino_int8")
 
 
 class ExportParityError(RuntimeError):
@@ -114,6 +137,12 @@ class BundleExporter:
         eval_split, eval_cases: the cases on which parity slices are taken and INT8/FP16 Dice is measured.
         parity_slices: real slices for the FP32 parity check (``fp32_atol``: largest allowed |difference|).
         opset: ONNX opset (>= 17).
+        agreement_threshold: a reduced precision passes its check when its mean mask agreement (Dice of its label
+            map's regions against PyTorch FP32's) is at least this for every region ...
+        max_dice_drop: ... and its mean Dice against the labels falls by at most this (0.01 = one Dice point) per
+            region, where the evaluation cases have labels.
+        timing_repeats: timed passes per backend for ``backends.json`` (after one warm-up pass).
+        timing_batch: slices per timed pass (the bundle's ``sw_batch_size``).
     """
 
     def __init__(
@@ -130,14 +159,23 @@ class BundleExporter:
         parity_slices: int = 8,
         fp32_atol: float = 1e-4,
         opset: int = 18,
+        agreement_threshold: float = 0.99,
+        max_dice_drop: float = 0.01,
+        timing_repeats: int = 3,
+        timing_batch: int = 8,
     ) -> None:
         unknown = sorted(set(formats) - set(FORMATS))
         if unknown:
             raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
-        if ("onnx_int8" in formats or "onnx_fp16" in formats) and "onnx" not in formats:
-            raise ValueError("onnx_int8 and onnx_fp16 are made from model.onnx: add 'onnx' to formats")
+        derived = [f for f in ("onnx_int8", "onnx_fp16", "openvino", "openvino_int8") if f in formats]
+        if derived and "onnx" not in formats:
+            raise ValueError(f"{', '.join(derived)} are made from model.onnx: add 'onnx' to formats")
+        if "openvino_int8" in formats and "openvino" not in formats:
+            raise ValueError("openvino_int8 is made from model_openvino.xml: add 'openvino' to formats")
         if opset < 17:
             raise ValueError(f"opset must be >= 17, got {opset}")
+        if timing_repeats < 1 or timing_batch < 1:
+            raise ValueError(f"timing_repeats and timing_batch must be >= 1, got {timing_repeats}, {timing_batch}")
         self.bundle_root = Path(bundle_root)
         self.models = self.bundle_root / "models"
         self.dataset_dir, self.data_list_file_path = dataset_dir, data_list_file_path
@@ -146,6 +184,8 @@ class BundleExporter:
         self.tumour_fraction = tumour_fraction
         self.eval_split, self.eval_cases, self.parity_slices = eval_split, eval_cases, parity_slices
         self.fp32_atol, self.opset = fp32_atol, opset
+        self.agreement_threshold, self.max_dice_drop = agreement_threshold, max_dice_drop
+        self.timing_repeats, self.timing_batch = timing_repeats, timing_batch
 
     # ------------------------------------------------------------------------------------------------------
     def network(self, ckpt: Path | None = None) -> torch.nn.Module:
@@ -260,34 +300,50 @@ class BundleExporter:
             )
             diff = self._max_abs_diff(net, OnnxRuntimeNetwork(onnx_path, providers=["CPUExecutionProvider"]), batch)
             self._accept("onnx", onnx_path, diff, report)
-        if "onnx_int8" in self.formats:
-            logger.info("quantising to INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split)
-            calibration = load_cases(
-                self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split
+        if "openvino" in self.formats:
+            logger.info("converting to OpenVINO IR (FP32)")
+            ov_path = export_openvino(tmp / FILES["onnx"], tmp / FILES["openvino"], onnx_metadata(self.bundle_root))
+            diff = self._max_abs_diff(net, OpenVinoNetwork(ov_path, precision="fp32"), batch)
+            self._accept("openvino", ov_path, diff, report)
+        if "onnx_int8" in self.formats or "openvino_int8" in self.formats:
+            logger.info("calibrating INT8 on %d real slices (%s)", self.calibration_slices, self.calibration_split)
+            calibration = list(
+                load_cases(self.bundle_root, self.dataset_dir, self.data_list_file_path, self.calibration_split)
             )
-            calibration = list(calibration)
             self._check_disjoint_patients(calibration, eval_cases)
             cal_slices, cal_where = sample_slices(calibration, self.calibration_slices, self.tumour_fraction)
-            done = quantize_int8(tmp / FILES["onnx"], tmp / FILES["onnx_int8"], cal_slices)
-            report["formats"]["onnx_int8"] = {
-                "file": FILES["onnx_int8"],
-                **done,
+            provenance = {
                 "calibration_split": self.calibration_split,
                 "calibration_tumour_slices": sum(r["tumour"] for r in cal_where),
                 "calibration_patients": sorted({c["patient_id"] for c in calibration}),
             }
+            if "onnx_int8" in self.formats:
+                done = quantize_int8(tmp / FILES["onnx"], tmp / FILES["onnx_int8"], cal_slices)
+                report["formats"]["onnx_int8"] = {"file": FILES["onnx_int8"], **done, **provenance}
+            if "openvino_int8" in self.formats:
+                logger.info("quantising the OpenVINO IR to INT8 (NNCF)")
+                done = quantize_openvino_int8(tmp / FILES["openvino"], tmp / FILES["openvino_int8"], cal_slices)
+                report["formats"]["openvino_int8"] = {"file": FILES["openvino_int8"], **done, **provenance}
         if "onnx_fp16" in self.formats:
             logger.info("converting to FP16")
             done = convert_fp16(tmp / FILES["onnx"], tmp / FILES["onnx_fp16"])
             report["formats"]["onnx_fp16"] = {"file": FILES["onnx_fp16"], **done}
         for entry in report["formats"].values():
-            entry["size_mib"] = round((tmp / entry["file"]).stat().st_size / 2**20, 3)
-        report["dice"] = self._region_dice(net, eval_cases, tmp)
+            entry["size_mib"] = round(sum(f.stat().st_size for f in _files(tmp, entry["file"])) / 2**20, 3)
+        runners = self._runners(net, tmp)
+        report["dice"] = self._region_dice(runners, eval_cases)
+        report["checks"] = self._checks(report)
+        logger.info("timing PyTorch and %d exported backends on this CPU", len(report["checks"]) - 1)
+        timing_batch = torch.from_numpy(pad_to_multiple(np.stack(self._timing_slices(eval_cases))))
+        timings = time_backends({name: runners[name] for name in report["checks"]}, timing_batch, self.timing_repeats)
         report["seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(tmp / BACKEND_RECORD, json.dumps(backend_record(timings, report["checks"]), indent=2) + "\n")
         write_text_atomic(tmp / "export_report.json", json.dumps(report, indent=2) + "\n")
         write_text_atomic(tmp / "export_report.md", render_export_markdown(report))
-        entries = {e["file"]: artefact_entry(tmp / e["file"], weights) for e in report["formats"].values()}
-        for name in ("export_report.json", "export_report.md"):
+        entries = {
+            f.name: artefact_entry(f, weights) for e in report["formats"].values() for f in _files(tmp, e["file"])
+        }
+        for name in ("export_report.json", "export_report.md", BACKEND_RECORD):
             entries[name] = artefact_entry(tmp / name, weights)
         commit_staged(self.models, tmp, entries)
         logger.info("wrote %s to %s", ", ".join(sorted(entries)), self.models)
@@ -302,15 +358,72 @@ class BundleExporter:
             )
         report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff": diff, "parity": "ok"}
 
-    def _region_dice(self, net: torch.nn.Module, cases: Sequence[dict[str, Any]], folder: Path) -> dict[str, Any]:
-        """Per-case region Dice of PyTorch FP32 and of each reduced-precision ONNX model, and the differences."""
-        reduced = [f for f in ("onnx_int8", "onnx_fp16") if f in self.formats]
+    def _runners(self, net: torch.nn.Module, folder: Path) -> dict[str, torch.nn.Module]:
+        """PyTorch FP32 (``torch``) and every CPU backend and reduced precision of the artefacts in ``folder``,
+        by backend name (``custom_modules.inference.BACKENDS``; ``onnx_fp16`` by its format name)."""
+        runners: dict[str, torch.nn.Module] = {"torch": net}
+        cpu = ["CPUExecutionProvider"]
+        for fmt in self.formats:
+            path = folder / FILES[fmt]
+            if fmt == "torchscript":
+                runners["torchscript"] = torch.jit.load(str(path), map_location="cpu").eval()
+            elif fmt in ("onnx", "onnx_int8"):
+                runners[CPU_BACKENDS[fmt]] = OnnxRuntimeNetwork(path, providers=cpu)
+            elif fmt == "onnx_fp16":
+                runners["onnx_fp16"] = OnnxRuntimeNetwork(path, providers=cpu)
+            elif fmt == "openvino":
+                runners["openvino"] = OpenVinoNetwork(path, precision="fp32")
+                runners["openvino_bf16"] = OpenVinoNetwork(path, precision="bf16")
+            elif fmt == "openvino_int8":
+                runners["openvino_int8"] = OpenVinoNetwork(path, precision="fp32")
+        return runners
+
+    def _timing_slices(self, cases: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+        """``timing_batch`` real brain slices of the evaluation cases (the bundle's inference size)."""
+        slices, _ = sample_slices(cases, self.timing_batch, self.tumour_fraction)
+        return slices
+
+    def _checks(self, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per CPU backend: ``{"passed", "basis"}``. FP32 backends pass by parity; reduced precisions by mean
+        mask agreement >= ``agreement_threshold`` and mean Dice drop <= ``max_dice_drop`` per region."""
+        checks: dict[str, dict[str, Any]] = {"torch": {"passed": True, "basis": "reference (PyTorch FP32)"}}
+        for fmt, entry in report["formats"].items():
+            if "max_abs_diff" in entry:
+                checks[CPU_BACKENDS[fmt]] = {
+                    "passed": True,
+                    "basis": f"FP32 parity: max |diff| {entry['max_abs_diff']:.1e} <= {self.fp32_atol:g}",
+                }
+        summary = (report.get("dice") or {}).get("summary", {})
+        for name, regions in summary.items():
+            if name == "onnx_fp16":
+                continue  # a GPU format; not run on the CPU
+            agreement = {r: regions[f"{r}_dice_vs_fp32"]["mean"] for r in REGION_DISPLAY_ORDER}
+            drops = {
+                r: -regions[f"{r}_dice_delta"]["mean"] for r in REGION_DISPLAY_ORDER if f"{r}_dice_delta" in regions
+            }
+            passed = min(agreement.values()) >= self.agreement_threshold and all(
+                d <= self.max_dice_drop + 1e-12 for d in drops.values()
+            )
+            basis = (
+                "mean mask agreement with PyTorch FP32 "
+                + ", ".join(f"{r.upper()} {v:.4f}" for r, v in agreement.items())
+                + f" (need >= {self.agreement_threshold:g})"
+            )
+            if drops:
+                basis += "; mean Dice change " + ", ".join(f"{r.upper()} {-100 * d:+.2f}" for r, d in drops.items())
+                basis += f" points (need >= {-100 * self.max_dice_drop:+.2f})"
+            else:
+                basis += "; no labels: Dice change not measured"
+            basis += f" on the {self.eval_split} patients"
+            checks[name] = {"passed": bool(passed), "basis": basis}
+        return checks
+
+    def _region_dice(self, runners: dict[str, torch.nn.Module], cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Per-case region Dice of PyTorch FP32 and of each reduced precision, and the differences."""
+        reduced = [name for name in REDUCED if name in runners]
         if not reduced or not cases:
             return {}
-        backends = {
-            "torch_fp32": net,
-            **{f: OnnxRuntimeNetwork(folder / FILES[f], providers=["CPUExecutionProvider"]) for f in reduced},
-        }
+        backends = {"torch_fp32": runners["torch"], **{name: runners[name] for name in reduced}}
         rows = []
         for case in cases:
             preds = {name: self._segment(model, case["image"]) for name, model in backends.items()}
@@ -337,6 +450,12 @@ class BundleExporter:
             "cases": rows,
             "summary": summary,
         }
+
+
+def _files(folder: Path, name: str) -> list[Path]:
+    """The files of the artefact ``name`` in ``folder``: an OpenVINO ``.xml`` and its ``.bin``, else the file."""
+    path = folder / name
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
 
 def _points(spread: dict[str, float]) -> str:
@@ -376,7 +495,7 @@ def render_export_markdown(report: dict[str, Any]) -> str:
             else f"calibrated on {entry['calibration_slices']} real slices "
             f"({entry['calibration_tumour_slices']} with tumour), "
             f"float nodes: {len(entry['float_nodes'])}"
-            if name == "onnx_int8"
+            if name in ("onnx_int8", "openvino_int8")
             else "FP16 inside, FP32 I/O"
         )
         artefacts.append([name, f"`{entry['file']}`", f"{entry['size_mib']:.2f}", check])
@@ -404,4 +523,15 @@ def render_export_markdown(report: dict[str, Any]) -> str:
             ]
             table.append([name, *deltas, *agree])
         lines.append(markdown_table(header, table).rstrip("\n"))
+    checks = report.get("checks") or {}
+    if checks:
+        lines += [
+            "",
+            "CPU backend checks (what `backend: auto` may choose from; timings in `backends.json`):",
+            "",
+            markdown_table(
+                ["backend", "check", "basis"],
+                [[name, "passed" if c["passed"] else "failed", c["basis"]] for name, c in checks.items()],
+            ).rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
