@@ -50,7 +50,7 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
         assert (models / file).is_file(), f"{name}: {file} missing"
     report = json.loads((models / "export_report.json").read_text())
     assert (models / "export_report.md").read_text().startswith(f"# Export report: {name}")
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("torchscript", "onnx", "openvino"):
         assert 0 <= report["formats"][fmt]["max_abs_diff"] <= 1e-4
     assert len(report["parity_slices"]) == EXPORT_TEST_SETTINGS["parity_slices"]
     assert any(r["tumour"] for r in report["parity_slices"]) and not all(r["tumour"] for r in report["parity_slices"])
@@ -61,12 +61,29 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
     )
     assert not set(int8["calibration_patients"]) & set(report["dice"]["patients"]), "calibrated on scored patients"
     dice = report["dice"]["summary"]
-    for fmt in ("onnx_int8", "onnx_fp16"):
+    for fmt in ("onnx_int8", "onnx_fp16", "openvino_bf16", "openvino_int8"):
         for region in ("wt", "tc", "et"):
             delta, agreement = dice[fmt][f"{region}_dice_delta"], dice[fmt][f"{region}_dice_vs_fp32"]
             assert delta["min"] <= delta["mean"] <= delta["max"] and delta["std"] >= 0
             assert 0 <= agreement["min"] <= agreement["mean"] <= agreement["max"] <= 1
     assert not list(models.glob(".tmp_*")), "exports are staged and moved atomically"
+    cpu_backends = {
+        "torch",
+        "torchscript",
+        "onnxruntime",
+        "onnxruntime_int8",
+        "openvino",
+        "openvino_bf16",
+        "openvino_int8",
+    }
+    assert set(report["checks"]) == cpu_backends
+    for backend in ("onnxruntime_int8", "openvino_bf16", "openvino_int8"):
+        assert "mean mask agreement" in report["checks"][backend]["basis"]
+    record = json.loads((models / "backends.json").read_text())
+    assert set(record["backends"]) == cpu_backends and record["machine"]["cpu_model"]
+    assert all(len(b["times_ms"]) == 3 and b["ms_per_slice"] > 0 for b in record["backends"].values())
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert {"backends.json", "model_openvino.bin", "model_openvino_int8.bin"} <= set(manifest)
 
 
 @pytest.mark.parametrize("name", DEPLOY_BUNDLES)
@@ -136,7 +153,7 @@ def test_torchscript_embeds_inference_config_for_monai_deploy(exported_bundles: 
 def test_inference_backends_give_the_same_label_map(exported_bundles, one_case_datalist, name, tmp_path) -> None:
     bundle = exported_bundles[name]
     maps = {}
-    for backend in ("torch", "torchscript", "onnxruntime"):
+    for backend in ("torch", "torchscript", "onnxruntime", "openvino"):
         out = tmp_path / backend
         run_bundle(
             [bundle / "configs" / "inference.json"],
@@ -154,9 +171,41 @@ def test_inference_backends_give_the_same_label_map(exported_bundles, one_case_d
         (written,) = out.glob("*_pred.nii.gz")
         maps[backend] = np.asarray(nib.load(written).dataobj)
     assert maps["torch"].any(), "a trained network should mark some voxels (else the comparison is vacuous)"
-    for backend in ("torchscript", "onnxruntime"):
+    for backend in ("torchscript", "onnxruntime", "openvino"):
         differing = int((maps[backend] != maps["torch"]).sum())
         assert differing <= maps["torch"].size * 1e-6, f"{backend}: {differing} voxels differ from torch"
+
+
+def test_inference_without_a_backend_key_runs_the_fastest_checked_artefact(
+    exported_bundles, one_case_datalist, tmp_path
+) -> None:
+    import shutil
+
+    exported = exported_bundles["raagr2_baseline"]
+    bare = shutil.copytree(
+        exported,
+        tmp_path / "bare",
+        ignore=shutil.ignore_patterns("model.ts", "model*.onnx", "model_openvino*", "backends.json"),
+    )
+    chosen = {}
+    for name, bundle in (("exported", exported), ("bare", bare)):
+        overrides = {
+            "bundle_root": bundle,
+            "dataset_dir": REAL_CASES,
+            "data_list_file_path": one_case_datalist,
+            "output_dir": tmp_path / f"out_{name}",
+        }
+        command = bundle_command([bundle / "configs" / "inference.json"], "inference", overrides)
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if "backend auto -> " in line]
+        assert len(lines) == 1, lines
+        chosen[name] = lines[0].split("backend auto -> ", 1)[1]
+        assert assert_label_maps_match_inputs(tmp_path / f"out_{name}", one_case_datalist) == 1
+    record = json.loads((exported / "models" / "backends.json").read_text())["backends"]
+    fastest = min((b["ms_per_slice"], n) for n, b in record.items() if b["check"]["passed"])[1]
+    assert chosen["exported"].startswith(f"{fastest}: fastest checked backend timed on this CPU"), chosen
+    assert chosen["bare"].startswith("torch: no ") and "backends.json" in chosen["bare"], chosen
 
 
 def test_brain_options_segment_through_the_bundle(exported_bundles, one_case_datalist, tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""Tests for custom_modules.inference backends: PyTorch, TorchScript and ONNX Runtime (FP32 and FP16) networks."""
+"""Tests for custom_modules.inference backends: PyTorch, TorchScript, ONNX Runtime (FP32 and FP16) and OpenVINO FP32
+networks (the reduced-precision backends and ``auto``: tests/test_backend_auto.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from monai.inferers import SliceInferer
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from custom_modules.inference import (
+    AUTO,
+    BACKEND_FILES,
     BACKENDS,
     EXPORT_COMMAND,
     BrainSliceInferer,
@@ -19,8 +22,10 @@ from custom_modules.inference import (
     backend_network,
     onnxruntime_providers,
 )
+from custom_modules.inference.auto import EXACT_BACKENDS
 from custom_modules.networks import RAAGR2Net
 from raagr2_tools.shipping import export_onnx
+from raagr2_tools.shipping.openvino import export_openvino
 
 #: bundle runs in child processes: the slow end-to-end selection
 pytestmark = pytest.mark.e2e
@@ -28,13 +33,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[RAAGR2Net, Path]:
-    """A tiny RAAGR2-Net and a bundle folder with its ``models/model.onnx`` (dynamic B/H/W) and ``models/model.ts``."""
+    """A tiny RAAGR2-Net and a bundle folder with its ``models/model.onnx`` (dynamic B/H/W), ``models/model.ts`` and
+    ``models/model_openvino.{xml,bin}``."""
     torch.manual_seed(0)
     net = RAAGR2Net(in_channels=4, out_channels=3, features=(4, 8, 16, 32, 64), sigmoid=False).eval()
     root = tmp_path_factory.mktemp("bundle")
     (root / "models").mkdir()
     export_onnx(net, root / "models" / "model.onnx", example_shape=(1, 4, 32, 32))  # ~15 s: torch.export
     torch.jit.save(torch.jit.script(net), str(root / "models" / "model.ts"))
+    export_openvino(root / "models" / "model.onnx", root / "models" / "model_openvino.xml")
     return net, root
 
 
@@ -43,7 +50,7 @@ def image() -> torch.Tensor:
     return torch.randn(2, 4, 48, 64, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_backends_match_torch(bundle: tuple[RAAGR2Net, Path], image: torch.Tensor, backend: str) -> None:
     net, root = bundle
     runner = backend_network(backend=backend, network=net, bundle_root=str(root), device=torch.device("cpu"))
@@ -56,7 +63,7 @@ def test_backends_match_torch(bundle: tuple[RAAGR2Net, Path], image: torch.Tenso
 
 def test_absolute_file_names_are_used_as_given(bundle: tuple[RAAGR2Net, Path], tmp_path: Path) -> None:
     net, root = bundle
-    runner = backend_network("onnxruntime", net, str(tmp_path), "cpu", onnx_file=str(root / "models" / "model.onnx"))
+    runner = backend_network("onnxruntime", net, str(tmp_path), "cpu", model_file=str(root / "models" / "model.onnx"))
     assert isinstance(runner, OnnxRuntimeNetwork) and runner.path == root / "models" / "model.onnx"
 
 
@@ -112,14 +119,19 @@ def test_onnxruntime_network_is_a_harmless_module(bundle: tuple[RAAGR2Net, Path]
 
 def test_backend_errors(bundle: tuple[RAAGR2Net, Path], tmp_path: Path) -> None:
     net, _ = bundle
-    listed = r"backend must be one of \('torch', 'torchscript', 'onnxruntime'\), got 'trt'"
+    listed = r"backend must be one of \('torch', 'torchscript', 'onnxruntime', .*'openvino_int8', 'auto'\), got 'trt'"
     with pytest.raises(ValueError, match=listed):
         backend_network("trt", net, str(tmp_path), "cpu")
     command = EXPORT_COMMAND.format(bundle=str(tmp_path))
-    for backend, name in (("torchscript", "model.ts"), ("onnxruntime", "model.onnx")):
+    for backend, name in BACKEND_FILES.items():
         with pytest.raises(FileNotFoundError) as error:
             backend_network(backend, net, str(tmp_path), "cpu")
         assert str(tmp_path / "models" / name) in str(error.value) and command in str(error.value)
+
+
+def test_every_backend_is_listed() -> None:
+    assert BACKENDS == ("torch", *BACKEND_FILES) and AUTO not in BACKENDS
+    assert set(EXACT_BACKENDS) <= set(BACKENDS)
 
 
 def test_onnxruntime_providers() -> None:
@@ -131,7 +143,7 @@ def test_onnxruntime_providers() -> None:
     ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_backends_inside_slice_inferers(bundle: tuple[RAAGR2Net, Path], backend: str) -> None:
     net, root = bundle
     runner = backend_network(backend, net, str(root), "cpu")

@@ -80,8 +80,13 @@ CPU_BACKENDS = {
     "openvino": "openvino",
     "openvino_int8": "openvino_int8",
 }
-#: reduced-precision runs scored against PyTorch FP32: export format or derived backend -> how it runs
-REDUCED = ("onnx_int8", "onnx_fp16", "openvino_bf16", "openvino_int8")
+#: reduced precisions scored against PyTorch FP32: report name -> the runner (CPU backend name; FP16: its format)
+REDUCED = {
+    "onnx_int8": "onnxruntime_int8",
+    "onnx_fp16": "onnx_fp16",
+    "openvino_bf16": "openvino_bf16",
+    "openvino_int8": "openvino_int8",
+}
 
 
 class ExportParityError(RuntimeError):
@@ -143,6 +148,8 @@ class BundleExporter:
             region, where the evaluation cases have labels.
         timing_repeats: timed passes per backend for ``backends.json`` (after one warm-up pass).
         timing_batch: slices per timed pass (the bundle's ``sw_batch_size``).
+        onnx_int8_activations, onnx_int8_format: ONNX Runtime INT8 flavour (:func:`quantize_int8`): ``"uint8"``
+            (U8S8) or ``"int8"`` (S8S8) activations, ``"qdq"`` or ``"qoperator"`` graph.
     """
 
     def __init__(
@@ -163,6 +170,8 @@ class BundleExporter:
         max_dice_drop: float = 0.01,
         timing_repeats: int = 3,
         timing_batch: int = 8,
+        onnx_int8_activations: str = "uint8",
+        onnx_int8_format: str = "qdq",
     ) -> None:
         unknown = sorted(set(formats) - set(FORMATS))
         if unknown:
@@ -186,6 +195,7 @@ class BundleExporter:
         self.fp32_atol, self.opset = fp32_atol, opset
         self.agreement_threshold, self.max_dice_drop = agreement_threshold, max_dice_drop
         self.timing_repeats, self.timing_batch = timing_repeats, timing_batch
+        self.onnx_int8 = {"activations": onnx_int8_activations, "quant_format": onnx_int8_format}
 
     # ------------------------------------------------------------------------------------------------------
     def network(self, ckpt: Path | None = None) -> torch.nn.Module:
@@ -318,7 +328,7 @@ class BundleExporter:
                 "calibration_patients": sorted({c["patient_id"] for c in calibration}),
             }
             if "onnx_int8" in self.formats:
-                done = quantize_int8(tmp / FILES["onnx"], tmp / FILES["onnx_int8"], cal_slices)
+                done = quantize_int8(tmp / FILES["onnx"], tmp / FILES["onnx_int8"], cal_slices, **self.onnx_int8)
                 report["formats"]["onnx_int8"] = {"file": FILES["onnx_int8"], **done, **provenance}
             if "openvino_int8" in self.formats:
                 logger.info("quantising the OpenVINO IR to INT8 (NNCF)")
@@ -415,15 +425,15 @@ class BundleExporter:
             else:
                 basis += "; no labels: Dice change not measured"
             basis += f" on the {self.eval_split} patients"
-            checks[name] = {"passed": bool(passed), "basis": basis}
+            checks[REDUCED[name]] = {"passed": bool(passed), "basis": basis}
         return checks
 
     def _region_dice(self, runners: dict[str, torch.nn.Module], cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Per-case region Dice of PyTorch FP32 and of each reduced precision, and the differences."""
-        reduced = [name for name in REDUCED if name in runners]
+        reduced = [name for name, runner in REDUCED.items() if runner in runners]
         if not reduced or not cases:
             return {}
-        backends = {"torch_fp32": runners["torch"], **{name: runners[name] for name in reduced}}
+        backends = {"torch_fp32": runners["torch"], **{name: runners[REDUCED[name]] for name in reduced}}
         rows = []
         for case in cases:
             preds = {name: self._segment(model, case["image"]) for name, model in backends.items()}

@@ -17,7 +17,7 @@ import numpy as np
 
 from custom_modules.files import atomic_path
 
-__all__ = ["SliceCalibrationReader", "head_node_names", "quantize_int8"]
+__all__ = ["ACTIVATION_TYPES", "QUANT_FORMATS", "SliceCalibrationReader", "head_node_names", "quantize_int8"]
 
 
 class SliceCalibrationReader:
@@ -52,14 +52,34 @@ def head_node_names(model) -> list[str]:
     return names
 
 
+#: ``activations`` -> ONNX Runtime quant type name: U8S8 (uint8 activations, int8 weights) or S8S8
+ACTIVATION_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+#: ``quant_format`` -> ONNX Runtime QuantFormat name: QuantizeLinear/DequantizeLinear pairs, or QLinear operators
+QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
+
+
 def quantize_int8(
-    fp32_path: str | Path, int8_path: str | Path, calibration_slices: Sequence[np.ndarray], per_channel: bool = True
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration_slices: Sequence[np.ndarray],
+    per_channel: bool = True,
+    activations: str = "uint8",
+    quant_format: str = "qdq",
 ) -> dict[str, object]:
-    """Write a static QDQ INT8 copy of ``fp32_path`` to ``int8_path`` (atomically); returns what was done.
+    """Write a static INT8 copy of ``fp32_path`` to ``int8_path`` (atomically); returns what was done.
+
+    ``activations`` ``"uint8"`` (U8S8) or ``"int8"`` (S8S8), ``quant_format`` ``"qdq"`` or ``"qoperator"``
+    (:data:`ACTIVATION_TYPES`, :data:`QUANT_FORMATS`); weights are int8. ``benchmarks/ort_int8_formats.py``
+    measures the four combinations; the export ships the one it found fastest with accuracy kept.
 
     Raises:
-        ValueError: with no calibration slices.
+        ValueError: with no calibration slices, or an unknown ``activations``/``quant_format``.
     """
+    if activations not in ACTIVATION_TYPES or quant_format not in QUANT_FORMATS:
+        raise ValueError(
+            f"activations must be one of {sorted(ACTIVATION_TYPES)} and quant_format one of {sorted(QUANT_FORMATS)}, "
+            f"got {activations!r}, {quant_format!r}"
+        )
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -82,9 +102,9 @@ def quantize_int8(
                 prepared,
                 out,
                 SliceCalibrationReader(calibration_slices),
-                quant_format=QuantFormat.QDQ,
+                quant_format=getattr(QuantFormat, QUANT_FORMATS[quant_format]),
                 per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
+                activation_type=getattr(QuantType, ACTIVATION_TYPES[activations]),
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=excluded,
@@ -93,7 +113,10 @@ def quantize_int8(
             root.setLevel(level)
         quantised = onnx.load(out)
         props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-        onnx.helper.set_model_props(quantised, {**props, "precision": "int8 (QDQ, per-channel weights, head in float)"})
+        precision = (
+            f"int8 ({QUANT_FORMATS[quant_format]}, {activations} activations, per-channel weights, head in float)"
+        )
+        onnx.helper.set_model_props(quantised, {**props, "precision": precision})
         with atomic_path(int8_path) as final:
             onnx.save(quantised, str(final))
     return {
@@ -101,7 +124,7 @@ def quantize_int8(
         "per_channel": per_channel,
         "float_nodes": excluded,
         "calibration": "MinMax",
-        "format": "QDQ",
-        "activations": "uint8",
+        "format": QUANT_FORMATS[quant_format],
+        "activations": activations,
         "weights": "int8",
     }
