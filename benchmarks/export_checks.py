@@ -9,8 +9,9 @@ patients, every format checked on its ``test`` patients, which the model never s
 holds a verified export of its current weights. The per-case rows of every fold's ``export_report.json`` are then
 pooled per variant: for each reduced precision (ONNX Runtime INT8, OpenVINO BF16 and INT8; FP16 is for GPUs) the
 WT/TC/ET Dice against the labels next to PyTorch FP32's, the change in Dice points (mean, sd, range and a paired
-bootstrap 95 % CI over patients) and the mask agreement with PyTorch FP32; plus each fold's check verdict and
-``backends.json`` timings. Prints a Markdown table and writes the JSON.
+bootstrap 95 % CI over patients) and the mask agreement with PyTorch FP32; plus each fold's check verdict per
+backend. Timings are left to ``benchmarks.end_to_end`` (measured alone on the machine). Prints a Markdown table
+and writes the JSON.
 """
 
 from __future__ import annotations
@@ -69,11 +70,10 @@ def pool(folds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per variant and reduced precision: per-region Dice change and agreement over every held-out case."""
     variants: dict[str, Any] = {}
     for fold in folds:
-        entry = variants.setdefault(fold["variant"], {"cases": [], "checks": [], "timings": []})
+        entry = variants.setdefault(fold["variant"], {"cases": [], "checks": []})
         report = fold["report"]
         entry["cases"] += [{"fold": fold["index"], **c} for c in report["dice"]["cases"]]
         entry["checks"].append({"fold": fold["index"], **report["checks"]})
-        entry["timings"].append({"fold": fold["index"], **fold["backends"]})
     for entry in variants.values():
         summary: dict[str, Any] = {}
         for name in REDUCED:
@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
                 "datalist": str(datalist),
                 "export_seconds": seconds,
                 "report": json.loads((models / "export_report.json").read_text()),
-                "backends": json.loads((models / "backends.json").read_text()),
             }
         )
     variants = pool(folds)

@@ -2,7 +2,7 @@
 
 The zip holds a folder ``<name>/`` (``<name>`` = the bundle folder's name) laid out like a model-zoo bundle::
 
-    <name>/LICENSE  configs/*.json, logging.conf  docs/  models/model.pt (+ .ts, .onnx, export report)
+    <name>/LICENSE  configs/*.json, logging.conf  docs/  models/model.pt (+ exports, backends.json, export report)
     <name>/scripts/  the runtime layer (the ``custom_modules`` package), copied file by file as it is
 
 The runtime layer imports itself only relatively and never imports the tooling (a test walks its import
@@ -72,6 +72,11 @@ MODEL_FILES = (
     "model.onnx",
     "model_int8.onnx",
     "model_fp16.onnx",
+    "model_openvino.xml",
+    "model_openvino.bin",
+    "model_openvino_int8.xml",
+    "model_openvino_int8.bin",
+    "backends.json",
     "export_report.json",
     "export_report.md",
 )

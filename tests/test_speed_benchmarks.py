@@ -1,0 +1,106 @@
+"""The decisions the speed benchmarks make from their measurements: the crop margin chosen, the targets judged,
+the reduced precisions pooled over folds (pure functions on hand-made results)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.crop_margin import summarise
+from benchmarks.end_to_end_report import render, targets
+from benchmarks.export_checks import pool
+
+
+def _crop_case(values: dict[str, float]) -> dict:
+    return {
+        name: {"tc_dice": v, "wt_dice": v, "et_dice": v, "min_dice": v, "pixels_run_fraction": 0.4}
+        for name, v in values.items()
+    }
+
+
+def test_the_chosen_crop_margin_is_the_smallest_that_agrees_on_every_case() -> None:
+    seconds = {n: {"median": 1.0, "min": 1.0, "max": 1.0} for n in ("full", "skip", "crop8", "crop16", "crop32")}
+    result = {
+        "settings": ["skip", "crop8", "crop16", "crop32"],
+        "cases": [
+            _crop_case({"skip": 1.0, "crop8": 0.99, "crop16": 0.9995, "crop32": 1.0}),
+            _crop_case({"skip": 1.0, "crop8": 0.999, "crop16": 0.9985, "crop32": 0.9999}),
+        ],
+        "timing": {"seconds": seconds},
+    }
+    summary = summarise(result, [8, 16, 32], 0.999)
+    assert summary["chosen_margin"] == 32  # 16 agrees on one case only
+    assert summary["rows"]["crop16"]["cases_below_threshold"] == 1
+    assert summarise(result, [8, 16, 32], 0.99999)["chosen_margin"] is None
+
+
+def _row(variant: str, backend: str, option: str, seconds: float, agreement: float = 1.0, dice: float = 0.8) -> dict:
+    return {
+        "variant": variant,
+        "backend": backend,
+        "option": option,
+        "seconds": {"median": seconds, "min": seconds, "max": seconds, "times": [seconds] * 3},
+        "slices_run": 130,
+        "pixels_run_fraction": 0.5,
+        "crop_margin": None,
+        "agreement": {f"{r}_dice": agreement for r in ("wt", "tc", "et")},
+        "dice_vs_label": {f"{r}_dice": dice for r in ("wt", "tc", "et")},
+    }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "agreement", "dice", "met"),
+    [
+        (
+            1.0,
+            0.995,
+            0.795,
+            {"speedup_vs_baseline": True, "speedup_vs_segresnet": True, "agreement": True, "dice_points": True},
+        ),
+        (
+            4.0,
+            0.98,
+            0.78,
+            {"speedup_vs_baseline": False, "speedup_vs_segresnet": False, "agreement": False, "dice_points": False},
+        ),
+    ],
+)
+def test_targets_are_judged_on_the_default_row(seconds, agreement, dice, met) -> None:
+    result = {
+        "bundles": {"baseline": "b", "pruned": "p"},
+        "case": "c",
+        "repeats": 3,
+        "threads": 2,
+        "machine": {"cpu_model": "cpu", "cpu_cores_usable": 2, "cpu_flags": ["avx2"]},
+        "rows": [
+            _row("baseline", "torch", "full", 50.0),
+            _row("pruned", "openvino_int8", "default", seconds, agreement, dice),
+        ],
+        "segresnet": {"seconds": {"median": 16.0, "min": 16.0, "max": 16.0}, "params": 1},
+    }
+    (judged,) = targets(result)
+    assert judged["met"] == met and judged["speedup_vs_baseline"] == pytest.approx(50.0 / seconds)
+    assert "pruned" in render(result)
+
+
+def test_export_checks_pool_every_held_out_case_per_variant() -> None:
+    def report(fp32: float, int8: float) -> dict:
+        case = {
+            "case_id": f"case{fp32}",
+            "torch_fp32": {f"{r}_dice": fp32 for r in ("wt", "tc", "et")},
+            "onnx_int8": {
+                **{f"{r}_dice": int8 for r in ("wt", "tc", "et")},
+                **{f"{r}_dice_vs_fp32": 0.99 for r in ("wt", "tc", "et")},
+            },
+        }
+        return {"dice": {"cases": [case]}, "checks": {"onnxruntime_int8": {"passed": int8 >= fp32 - 0.01}}}
+
+    folds = [
+        {"index": 0, "variant": "baseline", "report": report(0.80, 0.79)},
+        {"index": 1, "variant": "baseline", "report": report(0.60, 0.62)},
+    ]
+    summary = pool(folds)["baseline"]["summary"]["onnx_int8"]
+    assert summary["n_cases"] == 2 and summary["checks_passed"] == 2
+    assert summary["wt"]["delta_points_mean"] == pytest.approx(0.5)
+    assert summary["wt"]["delta_points_min"] == pytest.approx(-1.0) and summary["wt"][
+        "delta_points_max"
+    ] == pytest.approx(2.0)
