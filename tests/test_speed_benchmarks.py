@@ -104,3 +104,58 @@ def test_export_checks_pool_every_held_out_case_per_variant() -> None:
     assert summary["wt"]["delta_points_min"] == pytest.approx(-1.0) and summary["wt"][
         "delta_points_max"
     ] == pytest.approx(2.0)
+
+
+@pytest.mark.e2e
+def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_path) -> None:
+    """The four speed benchmarks end to end on phantoms: a tiny baseline, exported, then measured (seconds)."""
+    import json
+
+    import torch
+    from conftest import BASELINE, TINY, bake_settings
+
+    from benchmarks import crop_margin, end_to_end, ort_int8_formats
+    from custom_modules.artefacts import record_artefacts
+    from raagr2_tools.authoring.config import bundle_network
+    from raagr2_tools.shipping import BundleExporter
+
+    data, datalist = phantom_dataset
+    bundle = bake_settings(BASELINE, tmp_path / "tiny", TINY)
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(bundle_network(bundle).state_dict(), bundle / "models" / "model.pt")
+    record_artefacts(bundle / "models", {"model.pt": None})
+    formats = ("onnx", "onnx_int8", "openvino", "openvino_int8")
+    settings = {"calibration_slices": 4, "eval_split": "validation", "eval_cases": 1, "parity_slices": 2}
+    BundleExporter(bundle, data, datalist, formats=formats, timing_batch=2, **settings).run()
+
+    out = tmp_path / "e2e.json"
+    case = json.loads(datalist.read_text())["validation"][0]["case_id"]
+    argv = ["--data", str(data), "--case", case, "--bundle", f"a={bundle}", "--bundle", f"b={bundle}"]
+    argv += ["--backends", "torch", "openvino", "--repeats", "1", "--no-segresnet", "--amx-child", "no"]
+    assert end_to_end.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    options = {(r["variant"], r["option"]) for r in result["rows"]}
+    assert {("a", "full"), ("a", "skip"), ("a", "crop"), ("a", "default"), ("b", "default")} <= options
+    default = next(r for r in result["rows"] if r["variant"] == "b" and r["option"] == "default")
+    assert default["backend"] in (
+        "torch",
+        "openvino",
+        "openvino_bf16",
+        "openvino_int8",
+        "onnxruntime",
+        "onnxruntime_int8",
+    )
+    assert out.with_suffix(".png").is_file() and "Targets" in result["markdown"]
+
+    margins = tmp_path / "margins.json"
+    argv = ["--data", str(data), "--fold", str(bundle), str(datalist), "--split", "validation", "--margins", "0", "8"]
+    assert crop_margin.main([*argv, "--repeats", "1", "--json", str(margins)]) == 0
+    summary = json.loads(margins.read_text())["summary"]
+    assert set(summary["rows"]) == {"skip", "crop0", "crop8"} and margins.with_suffix(".png").is_file()
+
+    flavours = tmp_path / "flavours.json"
+    argv = ["--bundle", str(bundle), "--data", str(data), "--datalist", str(datalist), "--split", "validation"]
+    assert ort_int8_formats.main([*argv, "--calibration-slices", "4", "--repeats", "1", "--json", str(flavours)]) == 0
+    rows = json.loads(flavours.read_text())["rows"]
+    assert set(rows) == {"FP32", "U8S8 QDQ", "S8S8 QDQ", "U8S8 QOperator", "S8S8 QOperator"}
