@@ -12,7 +12,9 @@ slice is cropped to its brain box plus ``margin`` pixels per side (grown to mult
 (:class:`custom_modules.inference.BrainSliceInferer`). Agreement is the Dice of each delivered region (WT, TC,
 ET of the label map the bundle writes, its post-processing as shipped; empty vs empty = 1) against the reference.
 The network runs as the OpenVINO FP32 IR of the weights (checked against PyTorch, max |diff| <= 1e-4), the
-exact fast path. The time is the inferer call on the first case, ``--repeats`` times, median and range.
+exact fast path. The time is the inferer call on the first case, ``--repeats`` times, median and range
+(``--repeats 0``: one call per case, median and range over the cases; end-to-end times with spread are
+``benchmarks.end_to_end``'s).
 
 The chosen margin is the smallest whose worst region agreement over all cases is >= ``--threshold``. Writes the
 JSON (with the machine), a PNG of the curve beside it, and prints a Markdown table.
@@ -113,7 +115,7 @@ def measure(data: Path, folds: list[tuple[Path, Path]], split: str, margins: lis
                         "pixels_run_fraction": inferer.last_stats["pixels_run_fraction"],
                     }
                 cases_out.append(row)
-                if not timing:  # repeats on the first case: full grid and every setting, interleaved
+                if not timing and repeats > 0:  # repeats on the first case: full grid and every setting, interleaved
                     runs: dict[str, list[float]] = {"full": [], **{n: [] for n in inferers}}
                     for _ in range(repeats):
                         runs["full"].append(_segment(full, runner, case["image"], options)[1])
@@ -127,6 +129,17 @@ def measure(data: Path, folds: list[tuple[Path, Path]], split: str, margins: lis
                             for n, t in runs.items()
                         },
                     }
+    if not timing:  # --repeats 0: one run per case; the spread is over cases (their sizes differ)
+        names = ["full", *settings]
+        per_case = {n: [c[n]["seconds"] for c in cases_out] for n in names}
+        timing = {
+            "case_id": "every case, one run each",
+            "repeats": 0,
+            "seconds": {
+                n: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t}
+                for n, t in per_case.items()
+            },
+        }
     return {"cases": cases_out, "timing": timing, "settings": list(settings)}
 
 
