@@ -11,7 +11,8 @@ warm up, then timed ``--repeats`` times (wall clock of ``evaluator.run()``, ``nu
 in the timed process). Options: ``full`` (every slice, whole grid), ``skip`` (slices without brain not run),
 ``crop`` (skip + each slice cropped to its brain box plus ``--crop-margin`` pixels, default the bundle's
 ``crop_margin``), and ``default`` (the bundle as shipped: ``backend: auto`` and its default options). The full
-option runs every backend; ``skip`` and ``crop`` run torch and the variant's fastest backend.
+option runs every backend; ``skip`` and ``crop`` run torch and the variant's fastest backend, on every bundle but
+the first (the reference, whose torch ``full`` row every speed-up divides).
 
 Per row: the written label map's WT/TC/ET Dice against the same variant's torch ``full`` map (what a backend or
 option changes) and against the case's label (accuracy, only meaningful when the case is a held-out patient of
@@ -212,17 +213,18 @@ def measure(
         datalist = Path(tmp) / "one.json"
         datalist.write_text(json.dumps({"test": entries}))
         label = args.data / entries[0]["label"] if entries[0].get("label") else None
-        for variant, bundle in bundles[-1:] if only_fast else bundles:
+        for index, (variant, bundle) in enumerate(bundles[-1:] if only_fast else bundles):
             record_path = bundle / "models" / "backends.json"
             timed = json.loads(record_path.read_text())["backends"] if record_path.is_file() else {}
             present = [b for b in backends if b == "torch" or b in timed]
             fastest = min((timed[b]["ms_per_slice"], b) for b in present if b in timed)[1] if timed else "torch"
-            plan = [("default", "auto")]
             if only_fast:
-                plan += [("full", b) for b in present if b != "torch"]
-            else:
-                plan += [("full", b) for b in present]
-                plan += [(o, b) for o in ("skip", "crop") for b in dict.fromkeys(["torch", fastest])]
+                plan = [("full", b) for b in present if b != "torch"]
+            else:  # torch full first: the reference of the variant's agreement column
+                plan = [("full", b) for b in present]
+                if index > 0:  # the options on the compressed bundles (the reference needs only its full rows)
+                    plan += [(o, b) for o in ("skip", "crop") for b in dict.fromkeys(["torch", fastest])]
+            plan.append(("default", "auto"))
             reference = None
             for option, backend in plan:
                 out = Path(tmp) / f"{variant}_{backend}_{option}"
