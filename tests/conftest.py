@@ -112,7 +112,7 @@ def bake_settings(src: Path, dst: Path, settings: dict) -> Path:
     from custom_modules.files import json_text
     from raagr2_tools.authoring.config import apply_overrides
 
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "dist", "__pycache__"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "dist", "cache", "__pycache__"))
     for path in (dst / "configs").glob("*.json"):
         config = json.loads(path.read_text())
         if isinstance(config, dict):
