@@ -83,7 +83,7 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
     assert set(record["backends"]) == cpu_backends and record["machine"]["cpu_model"]
     assert all(len(b["times_ms"]) == 3 and b["ms_per_slice"] > 0 for b in record["backends"].values())
     manifest = json.loads((models / "manifest.json").read_text())
-    assert {"backends.json", "model_openvino.bin", "model_openvino_int8.bin"} <= set(manifest)
+    assert {"backends.json", "model_openvino.bin", "model_openvino_int8.bin"} <= set(manifest["files"])
 
 
 @pytest.mark.parametrize("name", DEPLOY_BUNDLES)
