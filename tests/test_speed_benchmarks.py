@@ -3,6 +3,8 @@ the reduced precisions pooled over folds (pure functions on hand-made results)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.crop_margin import summarise
@@ -107,6 +109,17 @@ def test_export_checks_pool_every_held_out_case_per_variant() -> None:
 
 
 @pytest.mark.e2e
+def benchmark(name: str, argv: list[str]) -> None:
+    """``python -m benchmarks.<name> <argv>`` as a user types it, in its own process (OpenVINO, NNCF and the
+    thread settings of a benchmark stay out of the test process); fails with the child's error output."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", f"benchmarks.{name}", *argv]
+    result = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert result.returncode == 0, f"benchmarks.{name} failed:\n{result.stderr[-3000:]}"
+
+
 def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_path) -> None:
     """The four speed benchmarks end to end on phantoms: a tiny baseline, exported, then measured (seconds)."""
     import json
@@ -114,10 +127,9 @@ def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_pa
     import torch
     from conftest import BASELINE, TINY, bake_settings
 
-    from benchmarks import crop_margin, end_to_end, ort_int8_formats
     from custom_modules.artefacts import record_artefacts
     from raagr2_tools.authoring.config import bundle_network
-    from raagr2_tools.shipping import BundleExporter
+    from raagr2_tools.jobs.bundle_cli import run_bundle
 
     data, datalist = phantom_dataset
     bundle = bake_settings(BASELINE, tmp_path / "tiny", TINY)
@@ -125,15 +137,23 @@ def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_pa
     torch.manual_seed(0)
     torch.save(bundle_network(bundle).state_dict(), bundle / "models" / "model.pt")
     record_artefacts(bundle / "models", {"model.pt": None})
-    formats = ("onnx", "onnx_int8", "openvino", "openvino_int8")
-    settings = {"calibration_slices": 4, "eval_split": "validation", "eval_cases": 1, "parity_slices": 2}
-    BundleExporter(bundle, data, datalist, formats=formats, timing_batch=2, **settings).run()
+    settings = {
+        "dataset_dir": data,
+        "data_list_file_path": datalist,
+        "formats": "['onnx', 'onnx_int8', 'openvino', 'openvino_int8']",
+        "calibration_slices": 4,
+        "eval_split": "validation",
+        "eval_cases": 1,
+        "parity_slices": 2,
+        "timing_batch": 2,
+    }
+    run_bundle([bundle / "configs" / "export.json"], "export", {"bundle_root": bundle, **settings}, cwd=tmp_path)
 
     out = tmp_path / "e2e.json"
     case = json.loads(datalist.read_text())["validation"][0]["case_id"]
     argv = ["--data", str(data), "--case", case, "--bundle", f"a={bundle}", "--bundle", f"b={bundle}"]
     argv += ["--backends", "torch", "openvino", "--repeats", "1", "--no-segresnet", "--amx-child", "no"]
-    assert end_to_end.main([*argv, "--json", str(out)]) == 0
+    benchmark("end_to_end", [*argv, "--json", str(out)])
     result = json.loads(out.read_text())
     options = {(r["variant"], r["option"]) for r in result["rows"]}
     assert {("a", "full"), ("a", "default"), ("b", "full"), ("b", "skip"), ("b", "crop"), ("b", "default")} <= options
@@ -151,12 +171,12 @@ def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_pa
 
     margins = tmp_path / "margins.json"
     argv = ["--data", str(data), "--fold", str(bundle), str(datalist), "--split", "validation", "--margins", "0", "8"]
-    assert crop_margin.main([*argv, "--repeats", "1", "--json", str(margins)]) == 0
+    benchmark("crop_margin", [*argv, "--repeats", "1", "--json", str(margins)])
     summary = json.loads(margins.read_text())["summary"]
     assert set(summary["rows"]) == {"skip", "crop0", "crop8"} and margins.with_suffix(".png").is_file()
 
     flavours = tmp_path / "flavours.json"
     argv = ["--bundle", str(bundle), "--data", str(data), "--datalist", str(datalist), "--split", "validation"]
-    assert ort_int8_formats.main([*argv, "--calibration-slices", "4", "--repeats", "1", "--json", str(flavours)]) == 0
+    benchmark("ort_int8_formats", [*argv, "--calibration-slices", "4", "--repeats", "1", "--json", str(flavours)])
     rows = json.loads(flavours.read_text())["rows"]
     assert set(rows) == {"FP32", "U8S8 QDQ", "S8S8 QDQ", "U8S8 QOperator", "S8S8 QOperator"}
