@@ -167,6 +167,7 @@ def kernel_efficiency(bundle: Path, repeats: int) -> dict[str, Any]:
     from custom_modules.inference import backend_network
     from custom_modules.networks.complexity import count_flops
     from raagr2_tools.authoring.config import bundle_network
+    from raagr2_tools.shipping.backend_timing import time_backends
 
     from .deploy_measure import matmul_gflops
 
@@ -175,22 +176,17 @@ def kernel_efficiency(bundle: Path, repeats: int) -> dict[str, Any]:
     batch = torch.randn(8, 4, 240, 240, generator=torch.Generator().manual_seed(0))
     matmul = matmul_gflops(2048, 5, torch.device("cpu"))
     out: dict[str, Any] = {"gflops_per_slice": flops / 1e9, "matmul": matmul, "backends": {}}
+    runners = {}
     for backend in ("torch", "onnxruntime", "openvino"):
         try:
-            runner = backend_network(backend, net, bundle, "cpu")
+            runners[backend] = backend_network(backend, net, bundle, "cpu")
         except (FileNotFoundError, OSError) as e:
             out["backends"][backend] = {"error": str(e)}
-            continue
-        times = []
-        with torch.no_grad():
-            runner(batch)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                runner(batch)
-                times.append((time.perf_counter() - start) / batch.shape[0])
-        rate = flops / 1e9 / statistics.median(times)
+    timed = time_backends(runners, batch, repeats=repeats)["backends"]
+    for backend, timing in timed.items():
+        rate = flops / 1e9 / (timing["ms_per_slice"] / 1e3)
         out["backends"][backend] = {
-            "s_per_slice": _spread(times),
+            "s_per_slice": _spread([ms / 1e3 for ms in timing["times_ms"]]),
             "gflop_per_s": rate,
             "of_matmul": rate / matmul["gflops"],
         }

@@ -74,9 +74,11 @@ def write_record(root: Path, ms: dict[str, float], checks: dict[str, dict] | Non
     record_artefacts(models, {BACKEND_RECORD: "model.pt"})
 
 
-def test_auto_runs_the_fastest_checked_backend_timed_on_this_cpu(bundle, caplog) -> None:
+def test_auto_runs_the_fastest_checked_backend_timed_on_this_cpu(bundle, caplog, monkeypatch) -> None:
     _, root = bundle
-    write_record(root, {"torch": 40.0, "onnxruntime": 20.0, "openvino": 18.0, "openvino_bf16": 9.0})
+    amx = {"cpu_model": "Some Xeon with AMX", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]}
+    monkeypatch.setattr(auto_module, "cpu_signature", lambda: amx)
+    write_record(root, {"torch": 40.0, "onnxruntime": 20.0, "openvino": 18.0, "openvino_bf16": 9.0}, machine=amx)
     with caplog.at_level(logging.INFO, logger="custom_modules.inference.auto"):
         assert choose_backend("auto", root, "cpu") == "openvino_bf16"
     (message,) = [r.getMessage() for r in caplog.records]
@@ -86,9 +88,16 @@ def test_auto_runs_the_fastest_checked_backend_timed_on_this_cpu(bundle, caplog)
     assert isinstance(runner, OpenVinoNetwork) and runner.precision == "bf16"
     # a failed check is never chosen, however fast
     failed = {"openvino_bf16": {"passed": False, "basis": "mean mask agreement WT 0.9 (need >= 0.99)"}}
-    write_record(root, {"torch": 40.0, "openvino": 18.0, "openvino_bf16": 9.0}, failed)
+    write_record(root, {"torch": 40.0, "openvino": 18.0, "openvino_bf16": 9.0}, failed, machine=amx)
     name, reason = auto_backend(root, "cpu")
     assert name == "openvino" and "openvino_bf16: check failed (mean mask agreement WT 0.9" in reason
+    # the same CPU without native bfloat16: OpenVINO would run the BF16 request in f32, so it is left out
+    no_bf16 = {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2"]}
+    monkeypatch.setattr(auto_module, "cpu_signature", lambda: no_bf16)
+    write_record(root, {"torch": 40.0, "openvino": 18.0, "openvino_bf16": 17.0}, machine=no_bf16)
+    name, reason = auto_backend(root, "cpu")
+    assert name == "openvino" and "timed on this CPU" in reason and "openvino_bf16: no native bfloat16" in reason
+    monkeypatch.setattr(auto_module, "cpu_signature", lambda: amx)
     # PyTorch wins when it was measured fastest
     write_record(root, {"torch": 5.0, "openvino": 18.0})
     assert auto_backend(root, "cpu")[0] == "torch"
@@ -157,12 +166,21 @@ def test_openvino_fp32_matches_pytorch_on_real_slices_and_reduced_precisions_dif
     with torch.no_grad():
         expected = net(batch)
         fp32 = backend_network("openvino", net, root, "cpu")(batch)
-        bf16 = backend_network("openvino_bf16", net, root, "cpu")(batch)
+        bf16_network = backend_network("openvino_bf16", net, root, "cpu")
+        bf16 = bf16_network(batch)
         int8 = backend_network("openvino_int8", net, root, "cpu")(batch)
     assert fp32.shape == expected.shape and fp32.dtype == torch.float32
     assert float((fp32 - expected).abs().max()) <= 1e-4
-    for reduced in (bf16, int8):
-        difference = float((reduced - expected).abs().max())
+    import openvino
+
+    native_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert bf16_network.runs_precision == ("bf16" if native_bf16 else "f32")
+    # without native bfloat16 OpenVINO runs the BF16 request in f32: then it must match like FP32 does
+    reduced = (bf16, int8) if native_bf16 else (int8,)
+    if not native_bf16:
+        assert float((bf16 - expected).abs().max()) <= 1e-4
+    for output in reduced:
+        difference = float((output - expected).abs().max())
         assert 1e-6 < difference < 0.5 * float(expected.abs().max()), difference
 
 

@@ -10,6 +10,8 @@ to ``models/backends.json`` (:data:`BACKEND_RECORD`, checksummed in ``models/man
 - measured on another CPU: the same ranking, less the backends whose speed rests on an instruction set this
   CPU lacks (bfloat16: AVX512-BF16 or AMX-BF16; INT8: VNNI or AMX-INT8), since without it those paths are
   emulated and slower than FP32 (``benchmarks/results/deploy_cpu.json`` measures them with AMX switched off);
+- on any CPU without native bfloat16, ``openvino_bf16`` is left out: OpenVINO then runs it in f32, the same
+  computation as ``openvino`` under a name that would misreport what ran;
 - no record, a refused record, no checked artefact, or a GPU device: PyTorch.
 
 Every choice is logged with its reason.
@@ -124,7 +126,8 @@ def auto_backend(bundle_root: str | Path, device: torch.device | str = "cpu") ->
         if not check.get("passed"):
             left_out.append(f"{name}: check failed ({check.get('basis', 'no check')})")
             continue
-        why_not = _usable(models, name) or (None if same_cpu else _hardware_rule(name, set(here["cpu_flags"])))
+        ruled = not same_cpu or name in BF16_BACKENDS
+        why_not = _usable(models, name) or (_hardware_rule(name, set(here["cpu_flags"])) if ruled else None)
         if why_not:
             left_out.append(f"{name}: {why_not}")
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ class OpenVinoNetwork(nn.Module):
     The IR (``.xml`` + ``.bin``) is compiled once for the CPU with dynamic batch, height and width; an INT8 IR
     (NNCF post-training quantisation) runs its quantised operations in INT8 and the rest in ``precision``.
     Like :class:`~custom_modules.inference.OnnxRuntimeNetwork` it has no parameters and an empty ``state_dict``.
+    ``runs_precision`` is what OpenVINO compiled (``"bf16"`` or ``"f32"``): on a CPU without native bfloat16
+    (neither AVX-512 BF16 nor AMX) OpenVINO runs a ``"bf16"`` request in f32, and a warning says so.
 
     Args:
         path: the ``.xml`` file (its weights are the ``.bin`` of the same name).
@@ -57,6 +60,12 @@ class OpenVinoNetwork(nn.Module):
                 f"{self.path}: OpenVINO cannot load it ({type(e).__name__}: {first}); "
                 f"rebuild it with: {rebuild_command(self.path)}"
             ) from None
+        self.runs_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if precision == "bf16" and self.runs_precision != "bf16":
+            warnings.warn(
+                f"{self.path}: bf16 asked for, OpenVINO runs {self.runs_precision} on this CPU (no native bfloat16)",
+                stacklevel=2,
+            )
         self.request = self.compiled.create_infer_request()
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
@@ -66,4 +75,4 @@ class OpenVinoNetwork(nn.Module):
         return torch.from_numpy(np.array(pred, dtype=np.float32)).to(device=image.device)
 
     def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, precision={self.precision!r}"
+        return f"path={str(self.path)!r}, precision={self.precision!r}, runs_precision={self.runs_precision!r}"
