@@ -108,7 +108,6 @@ def test_export_checks_pool_every_held_out_case_per_variant() -> None:
     ] == pytest.approx(2.0)
 
 
-@pytest.mark.e2e
 def benchmark(name: str, argv: list[str]) -> None:
     """``python -m benchmarks.<name> <argv>`` as a user types it, in its own process (OpenVINO, NNCF and the
     thread settings of a benchmark stay out of the test process); fails with the child's error output."""
@@ -120,6 +119,7 @@ def benchmark(name: str, argv: list[str]) -> None:
     assert result.returncode == 0, f"benchmarks.{name} failed:\n{result.stderr[-3000:]}"
 
 
+@pytest.mark.e2e
 def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_path) -> None:
     """The four speed benchmarks end to end on phantoms: a tiny baseline, exported, then measured (seconds)."""
     import json
