@@ -81,6 +81,14 @@ def test_export_writes_every_artefact_checked_on_real_slices(exported_bundles: d
     assert set(report["checks"]) == cpu_backends
     for backend in ("onnxruntime_int8", "openvino_bf16", "openvino_int8"):
         assert "mean mask agreement" in report["checks"][backend]["basis"]
+    import openvino
+
+    native_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    runs = report["runs_precision"]
+    assert runs["openvino"] == runs["openvino_int8"] == "f32"
+    assert runs["openvino_bf16"] == ("bf16" if native_bf16 else "f32")
+    said_f32 = "`openvino_bf16` ran in f32 here" in (models / "export_report.md").read_text()
+    assert said_f32 is not native_bf16, "the report says when BF16 ran in f32"
     record = json.loads((models / "backends.json").read_text())
     assert set(record["backends"]) == cpu_backends and record["machine"]["cpu_model"]
     assert all(len(b["times_ms"]) == 3 and b["ms_per_slice"] > 0 for b in record["backends"].values())

@@ -341,6 +341,8 @@ class BundleExporter:
         for entry in report["formats"].values():
             entry["size_mib"] = round(sum(f.stat().st_size for f in _files(tmp, entry["file"])) / 2**20, 3)
         runners = self._runners(net, tmp)
+        # what OpenVINO compiled on this CPU: bf16 asked for runs f32 without native bfloat16
+        report["runs_precision"] = {n: r.runs_precision for n, r in runners.items() if hasattr(r, "runs_precision")}
         report["dice"] = self._region_dice(runners, eval_cases)
         report["checks"] = self._checks(report)
         logger.info("timing PyTorch and %d exported backends on this CPU", len(report["checks"]) - 1)
@@ -544,4 +546,12 @@ def render_export_markdown(report: dict[str, Any]) -> str:
                 [[name, "passed" if c["passed"] else "failed", c["basis"]] for name, c in checks.items()],
             ).rstrip("\n"),
         ]
+    runs = report.get("runs_precision") or {}
+    if runs:
+        lines += ["", "OpenVINO compiled on this CPU: " + ", ".join(f"{n} in {p}" for n, p in runs.items()) + "."]
+        if runs.get("openvino_bf16") not in (None, "bf16"):
+            lines.append(
+                "This CPU has no native bfloat16: `openvino_bf16` ran in f32 here, and `backend: auto` leaves it out "
+                "on such CPUs."
+            )
     return "\n".join(lines) + "\n"
