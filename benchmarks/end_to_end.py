@@ -114,7 +114,6 @@ def run_row(bundle: Path, backend: str, option: str, data: Path, datalist: Path,
 def run_segresnet(data: Path, entry: dict[str, Any], out: Path, repeats: int) -> dict[str, Any]:
     """The zoo SegResNet through the same load/normalise/write path; random weights."""
     import torch
-    from monai.data import decollate_batch
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import SegResNet
     from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, SaveImage
@@ -147,9 +146,8 @@ def run_segresnet(data: Path, entry: dict[str, Any], out: Path, repeats: int) ->
     def once() -> None:
         image = load({"image": images})["image"]
         with torch.no_grad():
-            logits = inferer(image[None], net)
-        for pred in decollate_batch(logits):
-            saver(regions_to_brats_labels(torch.sigmoid(pred) > 0.5), meta_data=image.meta)
+            logits = torch.as_tensor(inferer(image[None], net))[0]  # (3, H, W, D); the geometry is the image's
+        saver(regions_to_brats_labels(torch.sigmoid(logits) > 0.5), meta_data=image.meta)
 
     times = []
     for _ in range(repeats + 1):
@@ -209,11 +207,17 @@ def measure(
         datalist = Path(tmp) / "one.json"
         datalist.write_text(json.dumps({"test": entries}))
         label = args.data / entries[0]["label"] if entries[0].get("label") else None
+        segresnet = (  # first: every SegResNet ratio needs it, and it fails fast if it fails
+            None
+            if only_fast or args.no_segresnet
+            else run_segresnet(args.data, entries[0], Path(tmp) / "segresnet", args.repeats)
+        )
         for index, (variant, bundle) in enumerate(bundles[-1:] if only_fast else bundles):
             record_path = bundle / "models" / "backends.json"
             timed = json.loads(record_path.read_text())["backends"] if record_path.is_file() else {}
             present = [b for b in backends if b == "torch" or b in timed]
-            fastest = min((timed[b]["ms_per_slice"], b) for b in present if b in timed)[1] if timed else "torch"
+            checked = [b for b in present if b in timed and timed[b]["check"]["passed"]]
+            fastest = min((timed[b]["ms_per_slice"], b) for b in checked)[1] if checked else "torch"
             if only_fast:
                 plan = [("full", b) for b in present if b != "torch"]
             else:  # torch full first: the reference of the variant's agreement column
@@ -239,11 +243,6 @@ def measure(
                     row["dice_vs_label"] = _dice(regions, _regions(label))
                 rows.append(row)
                 print(f"  {row['seconds']['median']:.2f} s ({row['backend']})", file=sys.stderr, flush=True)
-        segresnet = (
-            None
-            if only_fast or args.no_segresnet
-            else run_segresnet(args.data, entries[0], Path(tmp) / "segresnet", args.repeats)
-        )
     return {"rows": rows, "segresnet": segresnet}
 
 

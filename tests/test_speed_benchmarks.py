@@ -152,7 +152,7 @@ def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_pa
     out = tmp_path / "e2e.json"
     case = json.loads(datalist.read_text())["validation"][0]["case_id"]
     argv = ["--data", str(data), "--case", case, "--bundle", f"a={bundle}", "--bundle", f"b={bundle}"]
-    argv += ["--backends", "torch", "openvino", "--repeats", "1", "--no-segresnet", "--amx-child", "no"]
+    argv += ["--backends", "torch", "openvino", "--repeats", "1", "--amx-child", "no"]
     benchmark("end_to_end", [*argv, "--json", str(out)])
     result = json.loads(out.read_text())
     options = {(r["variant"], r["option"]) for r in result["rows"]}
@@ -168,6 +168,7 @@ def test_speed_benchmarks_run_on_an_exported_tiny_bundle(phantom_dataset, tmp_pa
         "onnxruntime_int8",
     )
     assert out.with_suffix(".png").is_file() and "Targets" in result["markdown"]
+    assert result["segresnet"]["seconds"]["median"] > 0 and "SegResNet (zoo configuration" in result["markdown"]
 
     margins = tmp_path / "margins.json"
     argv = ["--data", str(data), "--fold", str(bundle), str(datalist), "--split", "validation", "--margins", "0", "8"]

@@ -9,7 +9,8 @@ to ``models/backends.json`` (:data:`BACKEND_RECORD`, checksummed in ``models/man
   whose check passed and whose file is present and verified;
 - measured on another CPU: the same ranking, less the backends whose speed rests on an instruction set this
   CPU lacks (bfloat16: AVX512-BF16 or AMX-BF16; INT8: VNNI or AMX-INT8), since without it those paths are
-  emulated and slower than FP32 (``benchmarks/results/deploy_cpu.json`` measures them with AMX switched off);
+  emulated and slower than FP32 (``python -m benchmarks.end_to_end`` times every backend end to end; on a CPU
+  with AMX it repeats them with AMX and AVX512-BF16 switched off in oneDNN);
 - on any CPU without native bfloat16, ``openvino_bf16`` is left out: OpenVINO then runs it in f32, the same
   computation as ``openvino`` under a name that would misreport what ran;
 - no record, a refused record, no checked artefact, or a GPU device: PyTorch.
