@@ -15,10 +15,12 @@ option runs every backend; ``skip`` and ``crop`` run torch and the variant's fas
 the first (the reference, whose torch ``full`` row every speed-up divides).
 
 Per row: the written label map's WT/TC/ET Dice against the same variant's torch ``full`` map (what a backend or
-option changes) and against the case's label (accuracy, only meaningful when the case is a held-out patient of
-that bundle's training). The peer, MONAI SegResNet in the model-zoo ``brats_mri_segmentation`` configuration
-(random weights: its cost, not its accuracy), runs the same way: the same loading and normalisation, 3-D
-``SlidingWindowInferer((240, 240, 160), overlap 0.5)``, sigmoid > 0.5, the label map written.
+option changes), against its torch map with the same options when that row exists (``agreement_same_options``:
+what the backend alone changes, the targets' agreement with its own FP32 output) and against the case's label
+(accuracy, only meaningful when the case is a held-out patient of that bundle's training). The peer, MONAI
+SegResNet in the model-zoo ``brats_mri_segmentation`` configuration (random weights: its cost, not its accuracy),
+runs the same way: the same loading and normalisation, 3-D ``SlidingWindowInferer((240, 240, 160), overlap 0.5)``,
+sigmoid > 0.5, the label map written.
 
 ``--amx-child`` (default on where the CPU has AMX) repeats the default rows and the OpenVINO/ONNX Runtime rows of
 the last bundle in a child process with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`` (oneDNN, used by PyTorch and
@@ -106,6 +108,7 @@ def run_row(bundle: Path, backend: str, option: str, data: Path, datalist: Path,
         "first_run_s": times[0],
         "seconds": _spread(times[1:]),
         "crop_margin": crop_margin if inferer.crop_to_brain else None,
+        "ran_options": "crop" if inferer.crop_to_brain else "skip" if inferer.skip_empty_slices else "full",
         "slices_run": inferer.last_stats.get("slices_run"),
         "pixels_run_fraction": inferer.last_stats.get("pixels_run_fraction"),
     }
@@ -226,6 +229,7 @@ def measure(
                     plan += [(o, b) for o in ("skip", "crop") for b in dict.fromkeys(["torch", fastest])]
             plan.append(("default", "auto"))
             reference = None
+            torch_maps: dict[str, Any] = {}  # option -> the variant's torch label map (regions) with those options
             for option, backend in plan:
                 out = Path(tmp) / f"{variant}_{backend}_{option}"
                 print(f"{variant} / {backend} / {option}", file=sys.stderr, flush=True)
@@ -237,8 +241,12 @@ def measure(
                 regions = _regions(written)
                 if option == "full" and backend == "torch":
                     reference = regions
+                if backend == "torch":
+                    torch_maps[row["ran_options"]] = regions
                 if reference is not None:
                     row["agreement"] = _dice(regions, reference)
+                if row["ran_options"] in torch_maps:  # what the backend alone changes (the options held equal)
+                    row["agreement_same_options"] = _dice(regions, torch_maps[row["ran_options"]])
                 if label is not None:
                     row["dice_vs_label"] = _dice(regions, _regions(label))
                 rows.append(row)

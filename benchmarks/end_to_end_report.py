@@ -41,7 +41,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     for variant in list(result["bundles"])[1:]:
         row = next(r for r in result["rows"] if r["variant"] == variant and r["option"] == "default")
         s = row["seconds"]["median"]
-        agreement = min(row["agreement"].values()) if row.get("agreement") else None
+        fp32 = row.get("agreement_same_options") or row.get("agreement")  # the same options when measured
+        agreement = min(fp32.values()) if fp32 else None
         teacher, own = reference.get("dice_vs_label"), row.get("dice_vs_label")
         drop = max(100 * (teacher[k] - own[k]) for k in teacher) if teacher and own else None
         out.append(

@@ -84,6 +84,21 @@ def test_targets_are_judged_on_the_default_row(seconds, agreement, dice, met) ->
     assert "pruned" in render(result)
 
 
+def test_the_agreement_target_holds_the_options_equal_when_the_torch_row_exists() -> None:
+    default = {**_row("pruned", "openvino", "default", 1.0, agreement=0.97), "ran_options": "skip"}
+    default["agreement_same_options"] = {f"{r}_dice": 1.0 for r in ("wt", "tc", "et")}
+    result = {
+        "bundles": {"baseline": "b", "pruned": "p"},
+        "rows": [_row("baseline", "torch", "full", 50.0), default],
+        "segresnet": None,
+    }
+    (judged,) = targets(result)
+    assert judged["min_agreement_vs_own_fp32"] == 1.0 and judged["met"]["agreement"]
+    del default["agreement_same_options"]
+    (judged,) = targets(result)
+    assert judged["min_agreement_vs_own_fp32"] == 0.97 and not judged["met"]["agreement"]
+
+
 def test_export_checks_pool_every_held_out_case_per_variant() -> None:
     def report(fp32: float, int8: float) -> dict:
         case = {
