@@ -6,11 +6,12 @@
   convention, largest region first).
 - :data:`MODALITY_ORDER`: input channel order of every datalist and network (T1c, T1, T2, FLAIR).
 - :data:`BRATS_LABELS`: the label values of a BraTS label map.
+- :data:`LABEL_PAINT_ORDER`: how binary regions become that map (each region paints its value, later ones win).
 """
 
 from __future__ import annotations
 
-__all__ = ["REGION_CHANNELS", "REGION_DISPLAY_ORDER", "MODALITY_ORDER", "BRATS_LABELS"]
+__all__ = ["REGION_CHANNELS", "REGION_DISPLAY_ORDER", "MODALITY_ORDER", "BRATS_LABELS", "LABEL_PAINT_ORDER"]
 
 #: output/label channel order: tumour core, whole tumour, enhancing tumour
 REGION_CHANNELS: tuple[str, ...] = ("tc", "wt", "et")
@@ -26,3 +27,5 @@ BRATS_LABELS: dict[int, str] = {
     2: "ED: peritumoural edema",
     4: "ET: enhancing tumour",
 }
+#: regions -> label map: paint WT as 2 (edema), then TC as 1 (NCR/NET), then ET as 4 (ET wins over TC, TC over WT)
+LABEL_PAINT_ORDER: tuple[tuple[str, int], ...] = (("wt", 2), ("tc", 1), ("et", 4))

@@ -11,6 +11,9 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SliceInferer
 from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
+#: the spatial axis of a ``(C, H, W, D)`` case that the slices are cut along (``D``: the stored array's last axis)
+SLICE_AXIS = 2
+
 __all__ = ["BrainSliceInferer"]
 
 #: (batch index, slice index, top, left) of one crop; the crop's height and width are its group key
@@ -70,7 +73,7 @@ class BrainSliceInferer(Inferer):
         self.margin = int(margin)
         self.background_logit = float(background_logit)
         self.slice_inferer = SliceInferer(
-            roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, spatial_dim=2, overlap=overlap
+            roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, spatial_dim=SLICE_AXIS, overlap=overlap
         )
         self.last_stats: dict[str, float] = {}
 

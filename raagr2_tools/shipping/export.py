@@ -48,12 +48,14 @@ from custom_modules.files import TEMP_PREFIX, remove_stale_temporaries, write_te
 from custom_modules.handlers import load_state_dict_checked, load_weights
 from custom_modules.inference import BACKEND_RECORD, OnnxRuntimeNetwork, OpenVinoNetwork
 from custom_modules.locks import folder_lock
+from custom_modules.onnx_runner import CONTRACT_KEY
 from custom_modules.transforms import LabelMapPostprocessing, delivered_regions
 from raagr2_tools.authoring.config import bundle_network, bundle_parser
 from raagr2_tools.reports.tables import markdown_table
 
 from .backend_timing import backend_record, time_backends
 from .cases import load_cases, pad_to_multiple, sample_slices
+from .contract import inference_contract
 from .fp16 import convert_fp16
 from .onnx import export_onnx
 from .openvino import export_openvino, quantize_openvino_int8
@@ -121,6 +123,7 @@ def onnx_metadata(bundle_root: Path) -> dict[str, str]:
         + ",".join(pred["channel_def"][str(i)] for i in range(len(pred["channel_def"]))),
         "output_meaning": meta.get("pred_classes", ""),
         "precision": "float32",
+        CONTRACT_KEY: json.dumps(inference_contract(bundle_root)),
     }
 
 

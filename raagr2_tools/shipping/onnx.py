@@ -17,10 +17,21 @@ import torch
 
 from custom_modules.files import atomic_path
 
-__all__ = ["EXPORTERS", "ONNX_DYNAMIC_AXES", "OnnxParityError", "export_onnx", "onnx_max_abs_diff", "onnx_parity"]
+__all__ = [
+    "DYNAMIC_AXIS_NAMES",
+    "EXPORTERS",
+    "ONNX_DYNAMIC_AXES",
+    "name_dynamic_axes",
+    "OnnxParityError",
+    "export_onnx",
+    "onnx_max_abs_diff",
+    "onnx_parity",
+]
 
 #: list-form dynamic axes: the dict form arrives through ``fire`` with string keys and breaks dynamo export
 ONNX_DYNAMIC_AXES = {"image": [0, 2, 3], "pred": [0, 2, 3]}
+#: the names of the dynamic axes in the shipped file, by axis (what a PACS engineer sees in Netron or ORT)
+DYNAMIC_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 #: ``exporter`` values: torch.onnx's dynamo exporter (shipped) or its TorchScript exporter (fast checks)
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -70,11 +81,27 @@ def export_onnx(
             verbose=False,
             **extra,
         )
+        model = onnx.load(str(tmp))
+        name_dynamic_axes(model)
         if metadata:
-            model = onnx.load(str(tmp))
             onnx.helper.set_model_props(model, {str(k): str(v) for k, v in metadata.items()})
-            onnx.save(model, str(tmp))
+        onnx.save(model, str(tmp))
     return path
+
+
+def name_dynamic_axes(model) -> None:
+    """Rename the symbolic dimensions of the graph's inputs and outputs (the dynamo exporter's ``s0``, ``s77``...)
+    to :data:`DYNAMIC_AXIS_NAMES` by position, everywhere the symbol occurs (inputs, outputs, value_info)."""
+    renamed: dict[str, str] = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        axes = ONNX_DYNAMIC_AXES.get(value.name, [])
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis in axes and dim.dim_param:
+                renamed.setdefault(dim.dim_param, DYNAMIC_AXIS_NAMES[axis])
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renamed:
+                dim.dim_param = renamed[dim.dim_param]
 
 
 def onnx_max_abs_diff(net: torch.nn.Module, path: str | Path, shapes: Sequence[Sequence[int]]) -> float:
