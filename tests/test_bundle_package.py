@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -89,6 +90,7 @@ def packaged(deploy_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathF
 
 def test_zip_holds_the_bundle_and_only_the_custom_code_it_needs(packaged: tuple[Path, Path]) -> None:
     archive, bundle = packaged
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o644, "the zip is world-readable"
     names = zipfile.ZipFile(archive).namelist()
     assert {n.split("/")[0] for n in names} == {"raagr2_baseline"}
     assert {n.split("/")[1] for n in names} == {"LICENSE", "configs", "docs", "models", "scripts"}
@@ -96,6 +98,7 @@ def test_zip_holds_the_bundle_and_only_the_custom_code_it_needs(packaged: tuple[
     assert {"model.pt", "model.ts"} <= {p.name for p in (bundle / "models").iterdir()}
     assert {"inference.json", "metadata.json", "logging.conf"} <= {p.name for p in (bundle / "configs").iterdir()}
     scripts = bundle / "scripts"
+    assert (scripts / "onnx_runner.py").is_file(), "the ONNX-only runner ships in every bundle"
     assert (scripts / "networks" / "raagr2net.py").is_file() and (
         scripts / "networks" / "blocks" / "__init__.py"
     ).is_file()
@@ -122,6 +125,15 @@ def test_zip_holds_the_bundle_and_only_the_custom_code_it_needs(packaged: tuple[
     assert embedded["network_def"]["_target_"] == "scripts.networks.RAAGR2Net"
     assert embedded["bundle_root"] == {"_target_": "scripts.bundle_root"}
     assert b"custom_modules" not in extra["metadata.json"]
+
+
+def test_run_package_prints_where_the_zip_went(deploy_bundles: dict[str, Path], tmp_path: Path) -> None:
+    bundle = deploy_bundles["raagr2_baseline"]
+    command = [sys.executable, "-m", "monai.bundle", "run", "package", "--config_file"]
+    command += [str(bundle / "configs" / "export.json"), "--bundle_root", str(bundle), "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"package written: {tmp_path / 'raagr2_baseline.zip'}" in result.stdout.splitlines()
 
 
 def test_unzipped_bundle_segments_real_cases_without_the_repository(

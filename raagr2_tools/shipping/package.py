@@ -213,7 +213,7 @@ class BundlePackager:
         self.runtime_dir = Path(custom_modules.__file__).resolve().parent
 
     def run(self) -> Path:
-        """Stage, self-check and zip the bundle; returns the zip's path."""
+        """Stage, self-check and zip the bundle (world-readable, 0644); print and return the zip's path."""
         self._check_layout()
         target = self.output_dir / f"{self.name}.zip"
         if target.exists() and not self.overwrite:
@@ -225,7 +225,9 @@ class BundlePackager:
             staged = Path(tmp) / self.name
             self._stage(staged, configs)
             self._self_check(staged, configs)
-            return self._zip(staged)
+            target = self._zip(staged)
+        print(f"package written: {target}", flush=True)  # what `run package` would otherwise not say
+        return target
 
     # --- checks and rewriting -------------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -380,13 +382,13 @@ class BundlePackager:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m raagr2_tools.shipping.package BUNDLE --output_dir DIR``: print the zip's path."""
+    """``python -m raagr2_tools.shipping.package BUNDLE --output_dir DIR``: package it; the zip's path is printed."""
     parser = argparse.ArgumentParser(description="Package a bundle as a self-contained zip (runtime code as scripts/).")
     parser.add_argument("bundle", type=Path, help="the bundle folder")
     parser.add_argument("--output_dir", type=Path, default=Path("dist"), help="where <name>.zip goes (default: dist)")
     args = parser.parse_args(argv)
     try:
-        print(BundlePackager(args.bundle, args.output_dir).run())
+        BundlePackager(args.bundle, args.output_dir).run()
     except PackagingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
