@@ -83,7 +83,8 @@ def runner_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = env / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "-q", *_pins(RUNNER_PACKAGES)], check=True)
     probe = "import importlib.util as u; print([m for m in ('torch', 'monai', 'custom_modules') if u.find_spec(m)])"
-    assert subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    found = subprocess.run([python, "-c", probe], cwd=env, capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]", "the runner's environment must not have torch, MONAI or this repository"
     return python
 
 
