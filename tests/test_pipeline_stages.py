@@ -19,7 +19,7 @@ def test_every_pipeline_stage_is_timed_and_the_label_map_written(phantom_dataset
     ) == 0
     result = json.loads(out.read_text())
     names = list(result["stages"])
-    assert names[0] == "pre: PredictionTargetd" and "pre: LoadCased" in names and "pre: NormalizeIntensityd" in names
+    assert names[0] == "pre: PredictionTargetd" and "pre: LoadImageCased" in names and "pre: CheckCased" in names and "pre: NormalizeIntensityd" in names
     assert "inferer without the network" in names and names[-1] == "post: SaveImaged"
     assert all(len(r["times"]) == 2 and r["min"] > 0 for r in result["stages"].values())
     total = result["total_without_network"]["median"]

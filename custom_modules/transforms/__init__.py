@@ -3,7 +3,7 @@
 from .brain import BrainMaskd
 from .case_id import CaseIdToMetad, case_output_name
 from .label_map import regions_to_brats_labels
-from .load_case import LoadCased
+from .load_case import CheckCased, LoadCased, LoadImageCased
 from .postprocess import (
     DeliveredLabelMapd,
     DeliveredRegionsd,
@@ -17,10 +17,12 @@ __all__ = [
     "AtomicNibabelWriter",
     "BrainMaskd",
     "CaseIdToMetad",
+    "CheckCased",
     "DeliveredLabelMapd",
     "DeliveredRegionsd",
     "LabelMapPostprocessing",
     "LoadCased",
+    "LoadImageCased",
     "PredictionTargetd",
     "case_output_name",
     "delivered_regions",

@@ -19,4 +19,3 @@ def regions_to_brats_labels(regions: torch.Tensor, tc: int = 0, wt: int = 1, et:
     for region, value in LABEL_PAINT_ORDER:
         labels[on[[channels[region]]]] = value
     return labels
-

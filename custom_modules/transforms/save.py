@@ -19,7 +19,7 @@ from monai.transforms import MapTransform
 from ..choice import config_bool
 from ..errors import CaseInputError
 from ..files import atomic_path
-from .load_case import case_name, entry_files
+from .load_case import case_name, entry_files, is_paths
 
 __all__ = ["AtomicNibabelWriter", "PredictionTargetd", "prediction_path"]
 
@@ -61,6 +61,8 @@ class PredictionTargetd(MapTransform):
         self.overwrite = config_bool(overwrite, "overwrite")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        if not all(is_paths(data[key]) for key in self.key_iterator(dict(data))):
+            return data  # an image handed over in memory (an app that writes its own output): nothing to replace
         case_id = case_name(data)
         target = os.path.realpath(prediction_path(self.output_dir, case_id, self.postfix, self.ext))
         for path in entry_files(data, [*self.keys, "label"]):
