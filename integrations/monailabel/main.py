@@ -70,4 +70,3 @@ class RAAGR2App(MONAILabelApp):
     def init_trainers(self) -> dict[str, TrainTask]:
         task = BraTSBundleTrainTask(self.bundle, self.conf)
         return {"raagr2": task} if task.is_valid() else {}
-

@@ -76,9 +76,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m raagr2_tools.jobs.segment", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m raagr2_tools.jobs.segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="the bundle folder (or an unzipped packaged bundle)")
     parser.add_argument("inputs", nargs="+", type=Path, help="a case folder, or T1c T1 T2 FLAIR files, or one 4D file")
     parser.add_argument("--output_dir", type=Path, required=True, help="where <case_id>_pred.nii.gz goes")
