@@ -12,12 +12,13 @@ regions to BraTS labels. It reproduces the bundle's ``run inference`` (default o
 ``backend: onnxruntime``:
 
 1. load the four modalities as stored (nibabel's voxel array, no reorientation), as float32, stacked first;
-2. z-score each channel over its nonzero voxels (mean and population standard deviation of the whole volume;
-   zero voxels stay 0);
+2. z-score each channel over its nonzero voxels (mean and population standard deviation of the whole volume,
+   float64, then float32; zero voxels stay 0): :func:`zscore_nonzero`, the function the bundle itself runs;
 3. cut the volume along ``slice_axis``; a slice whose four channels are all 0 is background; the others go
    through the network in windows of ``window`` pixels (zero-padded evenly when the slice is smaller, windows
    ``window * (1 - overlap)`` apart when larger, overlapping outputs averaged), ``batch`` windows per call;
-4. ``activation(pred) >= threshold`` gives the regions; ``label_rule`` paints them into one uint8 map;
+4. ``sigmoid(pred) >= threshold``, decided on the logits (:func:`regions_from_logits`, as the bundle), gives the
+   regions; ``label_rule`` paints them into one uint8 map;
 5. write the map with the first input's affine and header (the input's grid).
 
 A file without the contract (an export older than this runner), or whose contract asks for post-processing this
@@ -35,7 +36,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONTRACT_KEY", "CONTRACT_FORMAT", "read_contract", "segment_case", "window_starts"]
+__all__ = [
+    "CONTRACT_KEY",
+    "CONTRACT_FORMAT",
+    "logit_threshold",
+    "read_contract",
+    "regions_from_logits",
+    "segment_case",
+    "window_starts",
+    "zscore_nonzero",
+]
 
 #: the ``metadata_props`` key that holds the JSON contract
 CONTRACT_KEY = "inference_contract"
@@ -91,17 +101,33 @@ def _load(files: Sequence[Path], channels: int) -> tuple[np.ndarray, Any]:
     return np.stack(arrays), images[0]
 
 
-def _zscore_nonzero(image: np.ndarray) -> np.ndarray:
-    """Each channel minus the mean over its nonzero voxels, divided by their population std (0 -> 1)."""
-    out = image.copy()
-    for c in range(image.shape[0]):
-        mask = image[c] != 0
+def zscore_nonzero(image: np.ndarray) -> np.ndarray:
+    """``(C, ...)`` float32: each channel minus the mean over its nonzero voxels, divided by their population std
+    (0 -> 1); zero voxels stay 0. The statistics and the arithmetic are float64 (numpy), then rounded once to
+    float32, so every caller gets the same bits (the bundles' :class:`ZScoreNonzerod` calls this function)."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    for c in range(out.shape[0]):
+        mask = out[c] != 0
         if not mask.any():
             continue
-        values = image[c][mask].astype(np.float64)
+        values = out[c][mask].astype(np.float64)
         std = values.std()
         out[c][mask] = ((values - values.mean()) / (std if std != 0 else 1.0)).astype(np.float32)
     return out
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit ``ln(t / (1 - t))`` at which the sigmoid reaches ``threshold`` (0.0 for 0.5, exactly)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold {threshold} is not a probability in (0, 1)")
+    return float(np.log(threshold) - np.log1p(-threshold))
+
+
+def regions_from_logits(logits: Any, threshold: float) -> Any:
+    """Binary regions ``sigmoid(logits) >= threshold``, decided on the logits (``logits >= logit_threshold``), so
+    that no float32 rounding of the sigmoid near the threshold can flip a voxel between implementations. Works on
+    numpy arrays and torch tensors alike (a boolean array of the same shape)."""
+    return logits >= logit_threshold(threshold)
 
 
 def _windowed(slices: np.ndarray, run: Any, window: Sequence[int], overlap: float, batch: int) -> np.ndarray:
@@ -142,7 +168,7 @@ def segment_case(model_path: str | Path, files: Sequence[str | Path], out: str |
     if len(files) not in (1, channels):
         raise RunnerError(f"{len(files)} input files; give {', '.join(contract['channel_order'])} or one 4D file")
     image, first = _load(files, channels)
-    image = _zscore_nonzero(image)
+    image = zscore_nonzero(image)
     axis = int(contract["slice_axis"])
     volume = np.moveaxis(image, 1 + axis, 1)  # (C, D, H, W): D slices of (H, W) = the other two axes in order
     slices = np.ascontiguousarray(np.moveaxis(volume, 1, 0))  # (D, C, H, W)
@@ -160,9 +186,7 @@ def segment_case(model_path: str | Path, files: Sequence[str | Path], out: str |
         logits[chosen] = _windowed(slices[chosen], run, window, float(contract["overlap"]), int(contract["batch"]))
     if contract["activation"] != "sigmoid":
         raise RunnerError(f"{model_path}: activation {contract['activation']!r}; this runner knows 'sigmoid'")
-    # as MONAI's Activationsd(sigmoid) then AsDiscreted(threshold): sigmoid in float32, then >= threshold
-    with np.errstate(over="ignore"):  # exp of a large negative logit overflows to inf: sigmoid 0, as it should be
-        regions = (1.0 / (1.0 + np.exp(-logits))) >= np.float32(contract["threshold"])
+    regions = regions_from_logits(logits, float(contract["threshold"]))  # as the bundle's RegionsFromLogitsd
     labels = np.zeros((slices.shape[0], *slices.shape[2:]), dtype=np.uint8)
     for region, value in contract["label_rule"]:
         labels[regions[:, regions_index[region]]] = value

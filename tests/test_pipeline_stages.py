@@ -33,7 +33,7 @@ def test_every_pipeline_stage_is_timed_and_the_label_map_written(phantom_dataset
     )
     result = json.loads(out.read_text())
     names = list(result["stages"])
-    assert names[0] == "pre: PredictionTargetd" and "pre: NormalizeIntensityd" in names
+    assert names[0] == "pre: PredictionTargetd" and "pre: ZScoreNonzerod" in names
     assert names[1:4] == ["pre: LoadImageCased", "pre: EnsureChannelFirstd", "pre: CheckCased"]
     assert "inferer without the network" in names and names[-1] == "post: SaveImaged"
     assert all(len(r["times"]) == 2 and r["min"] > 0 for r in result["stages"].values())

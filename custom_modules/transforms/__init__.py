@@ -2,6 +2,7 @@
 
 from .brain import BrainMaskd
 from .case_id import CaseIdToMetad, case_output_name
+from .intensity import RegionsFromLogitsd, ZScoreNonzerod
 from .label_map import regions_to_brats_labels
 from .load_case import CheckCased, LoadCased, LoadImageCased
 from .postprocess import (
@@ -24,9 +25,11 @@ __all__ = [
     "LoadCased",
     "LoadImageCased",
     "PredictionTargetd",
+    "RegionsFromLogitsd",
     "case_output_name",
     "delivered_regions",
     "postprocess_label_map",
     "prediction_path",
     "regions_to_brats_labels",
+    "ZScoreNonzerod",
 ]

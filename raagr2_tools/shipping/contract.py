@@ -37,10 +37,7 @@ def inference_contract(bundle_root: str | Path) -> dict[str, Any]:
     parser = bundle_parser(bundle_root)
     inferer = parser.get_parsed_content("inferer")
     post = parser.get("postprocessing", {}).get("transforms", [])
-    activation = _transform(post, "Activationsd")
-    if not activation.get("sigmoid"):
-        raise ValueError("postprocessing of inference.json: Activationsd is not sigmoid=true")
-    threshold = _transform(post, "AsDiscreted")["threshold"]
+    threshold = _transform(post, "RegionsFromLogitsd").get("threshold", 0.5)
     if isinstance(threshold, str) and threshold.startswith("@"):
         threshold = parser.get_parsed_content(threshold[1:])
     outputs = [pred["channel_def"][str(i)].lower() for i in range(len(pred["channel_def"]))]
@@ -55,7 +52,7 @@ def inference_contract(bundle_root: str | Path) -> dict[str, Any]:
         "input_layout": "the voxel array as stored in each NIfTI file (nibabel dataobj, no reorientation), as float32; "
         "the four files stacked as channels, or one 4D file with the channels last",
         "normalisation": "z-score per channel over its nonzero voxels of the whole volume (mean, population std; "
-        "std 0 -> 1); zero voxels stay 0",
+        "std 0 -> 1), statistics and arithmetic in float64, then float32; zero voxels stay 0",
         "slice_axis": SLICE_AXIS,
         "window": [int(v) for v in inferer.roi_size],
         "overlap": float(inferer.slice_inferer.overlap),
@@ -66,6 +63,7 @@ def inference_contract(bundle_root: str | Path) -> dict[str, Any]:
         "background_logit": float(inferer.background_logit),
         "output_channels": outputs,
         "activation": "sigmoid",
+        "threshold_rule": "sigmoid(logit) >= threshold, decided as logit >= ln(threshold / (1 - threshold))",
         "threshold": float(threshold),
         "label_rule": [list(rule) for rule in LABEL_PAINT_ORDER],
         "label_values": meta["network_data_format"]["post_processed_outputs"]["pred"]["channel_def"],

@@ -103,12 +103,11 @@ def onnx_metadata(bundle_root: Path) -> dict[str, str]:
     norm = [
         t
         for t in bundle_parser(bundle_root).get("preprocessing", {}).get("transforms", [])
-        if str(t.get("_target_", "")).endswith("NormalizeIntensityd")
+        if str(t.get("_target_", "")).endswith("ZScoreNonzerod")
     ]
     norm_text = (
-        "z-score per channel over the brain (nonzero) voxels of the whole volume "
-        f"(monai NormalizeIntensityd nonzero={norm[0].get('nonzero')}, channel_wise={norm[0].get('channel_wise')}); "
-        "background stays 0"
+        "z-score per channel over the brain (nonzero) voxels of the whole volume (ZScoreNonzerod: float64 "
+        "statistics, float32 out); background stays 0"
         if norm
         else "none"
     )
