@@ -82,6 +82,11 @@ class StructuredPruner:
         check_shape: input shape of the ONNX parity check (default ``(1, C, 64, 64)``).
         trace_shape: input shape of the traces that build the dependency graph (default ``(1, C, 32, 32)``:
             only channels matter).
+        group_ratios: per-group targets, ``{root conv name: fraction of its teacher channels removed}`` (a searched
+            allocation, :mod:`.rl_search`; see :meth:`prunable_groups`); when given, each step prunes every group
+            to ``group_ratios[root] * step.target_ratio / final_ratio`` of the way (``final_ratio``: the schedule's
+            last target) and ``allocation`` is not used; groups not named keep their channels.
+        final_ratio: the schedule's last ``target_ratio`` (the ratio at which ``group_ratios`` are reached).
     """
 
     def __init__(
@@ -96,6 +101,8 @@ class StructuredPruner:
         onnx_exporter: str = "torchscript",
         check_shape: Optional[Sequence[int]] = None,
         trace_shape: Optional[Sequence[int]] = None,
+        group_ratios: Optional[Dict[str, float]] = None,
+        final_ratio: Optional[float] = None,
     ) -> None:
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
@@ -103,6 +110,12 @@ class StructuredPruner:
         self.example_shape = tuple(int(s) for s in example_shape)
         self.never_prune = tuple(never_prune)
         self.allocation = allocation
+        self.group_ratios = {str(k): float(v) for k, v in group_ratios.items()} if group_ratios is not None else None
+        if self.group_ratios is not None:
+            bad = {k: v for k, v in self.group_ratios.items() if not 0.0 <= v < 1.0}
+            if bad:
+                raise ValueError(f"group_ratios must lie in [0, 1): {bad}")
+        self.final_ratio = float(final_ratio) if final_ratio else None
         self.max_layer_ratio = float(max_layer_ratio)
         self.round_to = round_to
         self.onnx_check = onnx_check
@@ -168,7 +181,18 @@ class StructuredPruner:
             round_to=self.round_to,
             pruning_ratio=0.0,
         )
-        if self.allocation == "uniform":
+        if self.group_ratios is not None:
+            scale = target_ratio / self.final_ratio if self.final_ratio else 1.0
+            unknown = sorted(set(self.group_ratios) - {n for n, _ in roots})
+            if unknown and active is None:
+                raise ValueError(f"group_ratios name layers that are not prunable roots: {unknown[:5]}")
+            options.update(
+                pruning_ratio_dict={
+                    m: self._relative_ratio(n, m, min(1.0, scale) * self.group_ratios.get(n, 0.0)) for n, m in roots
+                },
+                global_pruning=False,
+            )
+        elif self.allocation == "uniform":
             options.update(
                 pruning_ratio_dict={m: self._relative_ratio(n, m, target_ratio) for n, m in roots},
                 global_pruning=False,
@@ -211,6 +235,28 @@ class StructuredPruner:
             f"{record['params']:,} params, {record['flops'] / 1e9:.2f} GFLOPs"
         )
         return record
+
+    def prunable_groups(self) -> List[Dict[str, Any]]:
+        """The torch-pruning groups of the current network, one per independent choice of channels: the root conv's
+        name (the key of ``group_ratios``), its teacher and current output channels, and the convs whose channels
+        move with it (coupled channels, reused modules and shared kernels stay in one group), in graph order."""
+        pruner = self.make_pruner(tp.importance.GroupMagnitudeImportance(p=2), 0.0)
+        names = {m: n for n, m in self.network.named_modules()}
+        groups = []
+        for group in pruner.DG.get_all_groups(
+            ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+        ):
+            root = group[0].dep.target.module
+            members = sorted({names[d.target.module] for d, _ in group if isinstance(d.target.module, nn.Conv2d)})
+            groups.append(
+                {
+                    "root": names[root],
+                    "teacher_channels": self.teacher_out_channels[names[root]],
+                    "channels": int(root.out_channels),
+                    "members": members,
+                }
+            )
+        return groups
 
     def replay(self, history: Sequence[Any]) -> None:
         """Re-apply a pruning history recorded by an earlier run of this pruner (resume)."""
