@@ -17,6 +17,7 @@ from custom_modules.networks import RAAGR2Net
 from custom_modules.networks.blocks.shared_reaspp import SharedDepthwiseKernel
 from raagr2_tools.compression import PruningStep, StructuredPruner
 from raagr2_tools.compression.rl_search import AllocationSearch, SearchSettings, UnreachableTargetError, mask_agreement
+from raagr2_tools.reports.compression import plot_allocation_search
 
 TINY_NET = dict(features=(4, 8, 16, 32, 64), out_channels=3, sigmoid=False)
 SHAPE = (1, 4, 32, 32)
@@ -86,6 +87,8 @@ def test_search_keeps_the_cost_and_its_choice_builds_and_exports(sharing: str, b
     assert len({s["reward"] for s in record["samples"]}) > 1 and any(record["policy_logits"])  # it learns
     assert record["chosen"]["reward"] == max(s["reward"] for s in record["samples"])
     assert json.loads((tmp_path / "rl.json").read_text())["chosen"] == record["chosen"]
+    figure = plot_allocation_search(record, tmp_path / "search.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
     # the chosen allocation through the engine: forward and ONNX parity checked, the shared kernel pruned as one
     pruner = StructuredPruner(copy.deepcopy(net), example_shape=SHAPE, group_ratios=record["chosen"]["ratios"])
     step = pruner.step(tp.importance.GroupMagnitudeImportance(p=2), PruningStep(1, 1.0))
@@ -118,6 +121,11 @@ def test_unreachable_target_fails_clearly(batches) -> None:
     net = _network()
     with pytest.raises(UnreachableTargetError, match=r"below the smallest reachable with every group at max_ratio 0.5"):
         AllocationSearch(net, batches, 0.05 * _teacher_macs(net), SearchSettings(max_ratio=0.5), example_shape=SHAPE)
+
+
+def test_search_plot_refuses_an_empty_record(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        plot_allocation_search({"samples": []}, tmp_path / "x.png")
 
 
 def test_mask_agreement() -> None:

@@ -38,7 +38,14 @@ from custom_modules.files import write_text_atomic
 from .figures import new_figure, save_figure
 from .tables import format_value, markdown_table, quantity_table
 
-__all__ = ["STAGES", "dice_delta_points", "plot_compression", "render_compression_markdown", "write_compression_report"]
+__all__ = [
+    "STAGES",
+    "dice_delta_points",
+    "plot_allocation_search",
+    "plot_compression",
+    "render_compression_markdown",
+    "write_compression_report",
+]
 
 #: evaluation stages of the report's ``dice`` / ``hd95`` entries and their table labels
 STAGES = {
@@ -300,3 +307,41 @@ def write_compression_report(
     plot_compression(report, paths["figure"])
     write_text_atomic(paths["markdown"], render_compression_markdown(report, figure=paths["figure"].name))
     return paths
+
+
+def plot_allocation_search(record: Mapping[str, Any], path: str | Path) -> Path:
+    """Two panels of a layer-wise sparsity search record (:mod:`raagr2_tools.compression.rl_search`): the reward of
+    each sample with the running best and the policy's baseline, and the chosen ratio of every group (its root conv);
+    writes a PNG and returns its path."""
+    samples = list(record.get("samples", []))
+    if not samples:
+        raise ValueError("the search record holds no samples")
+    fig, _ = new_figure((11, 4))
+    fig.clear()
+    ax_reward, ax_ratios = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
+    index = [int(s["index"]) + 1 for s in samples]
+    rewards = [float(s["reward"]) for s in samples]
+    running = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    ax_reward.plot(index, rewards, "o", ms=3, label="sample")
+    ax_reward.plot(index, running, "-", label="best so far")
+    baselines = [(i, float(s["baseline"])) for i, s in zip(index, samples) if s.get("baseline") is not None]
+    if baselines:
+        ax_reward.plot(*zip(*baselines), "--", lw=1, label="baseline")
+    ax_reward.set_xlabel("sample")
+    ax_reward.set_ylabel("reward (teacher mask agreement)")
+    ax_reward.set_title("search")
+    ax_reward.grid(alpha=0.3)
+    ax_reward.legend(fontsize=7)
+    chosen = record.get("chosen") or max(samples, key=lambda s: s["reward"])
+    names = list(chosen["ratios"])
+    ax_ratios.bar(range(len(names)), [float(chosen["ratios"][n]) for n in names])
+    ax_ratios.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax_ratios.set_ylim(0, 1)
+    ax_ratios.set_ylabel("fraction of teacher channels removed")
+    cost = float(chosen.get("cost_macs", float("nan")))
+    teacher = float(record.get("teacher_cost_macs", float("nan")))
+    ax_ratios.set_title(
+        f"chosen allocation (sample {int(chosen.get('index', 0)) + 1}, {100 * cost / teacher:.1f} % MACs)"
+    )
+    ax_ratios.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
