@@ -44,7 +44,7 @@ from custom_modules.constants import MODALITY_ORDER
 from custom_modules.files import TEMP_PREFIX
 
 from .outputs import error_line
-from .prepare import prepare_datalist
+from .prepare import prepared_cases
 
 __all__ = ["SERIES_DESCRIPTIONS", "SeriesRecord", "case_to_dicom_study", "nifti_to_mr_series", "write_dicom_dataset"]
 
@@ -210,10 +210,6 @@ def case_to_dicom_study(
     return records
 
 
-def _resolve(base: Path, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else base / path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.dicom_series", description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True, help="a folder of cases (any layout data_prep knows)")
@@ -222,26 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     written = 0
     try:
-        with tempfile.TemporaryDirectory(prefix="dicom_series_") as tmp:
-            content = prepare_datalist(args.src, Path(tmp) / "datalist.json", all_test=True)
-            base = Path(content.get("dataset_dir", args.src))
-            entries = [e for e in content["test"] if not args.cases or e["case_id"] in args.cases]
-            for missing in sorted(set(args.cases) - {e["case_id"] for e in entries}):
-                print(f"SKIP {missing}: not found under {args.src}", file=sys.stderr)
-            for entry in entries:
-                case_id = entry["case_id"]
-                files = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-                try:
-                    records = case_to_dicom_study([_resolve(base, f) for f in files], args.out / case_id, case_id)
-                except (ValueError, OSError) as e:
-                    print(f"SKIP {case_id}: {error_line(e)}", file=sys.stderr)
-                    continue
-                for record in records.values():
-                    if record.kept:
-                        print(f"KEEP {record.folder}: exists (never overwritten)", file=sys.stderr)
-                    elif not record.lossless:
-                        print(f"NOTE {record.folder}: values scaled to 16 bits (not lossless)", file=sys.stderr)
-                written += sum(not r.kept for r in records.values())
+        for case in prepared_cases(args.src, args.cases):
+            try:
+                records = case_to_dicom_study(case.images, args.out / case.case_id, case.case_id)
+            except (ValueError, OSError) as e:
+                print(f"SKIP {case.case_id}: {error_line(e)}", file=sys.stderr)
+                continue
+            for record in records.values():
+                if record.kept:
+                    print(f"KEEP {record.folder}: exists (never overwritten)", file=sys.stderr)
+                elif not record.lossless:
+                    print(f"NOTE {record.folder}: values scaled to 16 bits (not lossless)", file=sys.stderr)
+            written += sum(not r.kept for r in records.values())
     except (OSError, RuntimeError, ValueError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 1

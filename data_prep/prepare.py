@@ -51,8 +51,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,6 +345,35 @@ def prepare_datalist(
     )
     logger.info("wrote %s", out)
     return datalist
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case a command reads from a folder: its id, image files (T1c, T1, T2, FLAIR, or one 4D file) and label."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None
+
+
+def prepared_cases(src: str | os.PathLike, cases: Sequence[str] = ()) -> Iterator[PreparedCase]:
+    """Every case :func:`prepare_datalist` finds under ``src`` (or only ``cases``), with absolute paths; a case id
+    asked for but not found gets one ``SKIP`` line on stderr. Converted copies (layouts whose labels prepare remaps)
+    live in a temporary folder that exists while the iteration runs."""
+    with tempfile.TemporaryDirectory(prefix="prepared_") as tmp:
+        content = prepare_datalist(src, Path(tmp) / "datalist.json", all_test=True)
+        base = Path(content.get("dataset_dir", src))
+
+        def resolve(path: str) -> Path:
+            return Path(path) if Path(path).is_absolute() else base / path
+
+        entries = [e for e in content["test"] if not cases or e["case_id"] in cases]
+        for missing in sorted(set(cases) - {e["case_id"] for e in entries}):
+            print(f"SKIP {missing}: not found under {src}", file=sys.stderr)
+        for entry in entries:
+            images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+            label = resolve(entry["label"]) if entry.get("label") else None
+            yield PreparedCase(entry["case_id"], [resolve(f) for f in images], label)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

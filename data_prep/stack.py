@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 from custom_modules.constants import MODALITY_ORDER
 
 from .outputs import error_line, save_nifti
-from .prepare import prepare_datalist
+from .prepare import prepared_cases
 
 __all__ = ["LABELS_DIR", "stack_case", "stack_dataset"]
 
@@ -62,39 +61,27 @@ def stack_case(images: Sequence[str | Path] | str | Path, out: str | Path) -> Pa
     return save_nifti(nib.Nifti1Image(data, first.affine, header), out)
 
 
-def _resolve(base: Path, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else base / path
-
-
 def stack_dataset(src: str | Path, out: str | Path, labels: bool = False, cases: Sequence[str] = ()) -> list[Path]:
     """Stack every case under ``src`` (or only ``cases``) into ``out``; returns the files written."""
     out = Path(out)
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix="stack_") as tmp:  # prepare's converted copies live here
-        content = prepare_datalist(src, Path(tmp) / "datalist.json", all_test=True)
-        base = Path(content.get("dataset_dir", src))
-        entries = [e for e in content["test"] if not cases or e["case_id"] in cases]
-        missing = sorted(set(cases) - {e["case_id"] for e in entries})
-        if missing:
-            print(f"SKIP {', '.join(missing)}: not found under {src}", file=sys.stderr)
-        for entry in entries:
-            targets = [(entry["image"], out / f"{entry['case_id']}.nii.gz", "image")]
-            if labels and entry.get("label"):
-                targets.append((entry["label"], out / LABELS_DIR / f"{entry['case_id']}.nii.gz", "label"))
-            for source, target, what in targets:
-                if target.exists():
-                    print(f"KEEP {target}: exists (never overwritten)", file=sys.stderr)
-                    continue
-                try:
-                    if what == "image":
-                        paths = source if isinstance(source, list) else [source]
-                        stack_case([_resolve(base, p) for p in paths], target)
-                    else:
-                        save_nifti(nib.load(str(_resolve(base, source))), target)
-                except (ValueError, OSError) as e:
-                    print(f"SKIP {entry['case_id']}: {error_line(e)}", file=sys.stderr)
-                    continue
-                written.append(target)
+    for case in prepared_cases(src, cases):
+        targets = [(case.images, out / f"{case.case_id}.nii.gz", "image")]
+        if labels and case.label is not None:
+            targets.append((case.label, out / LABELS_DIR / f"{case.case_id}.nii.gz", "label"))
+        for source, target, what in targets:
+            if target.exists():
+                print(f"KEEP {target}: exists (never overwritten)", file=sys.stderr)
+                continue
+            try:
+                if what == "image":
+                    stack_case(source, target)
+                else:
+                    save_nifti(nib.load(str(source)), target)
+            except (ValueError, OSError) as e:
+                print(f"SKIP {case.case_id}: {error_line(e)}", file=sys.stderr)
+                continue
+            written.append(target)
     return written
 
 
