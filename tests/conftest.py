@@ -103,6 +103,19 @@ def assert_label_maps_match_inputs(pred_dir: Path, datalist: Path, dataset_dir: 
 DEPLOY_BUNDLES = ("raagr2_baseline", "raagr2_shared_depthwise", "raagr2_pruned", "raagr2_pruned_depgraph_50")
 
 
+def pinned_venv(env: Path, *installs: list) -> Path:
+    """A new virtual environment at ``env`` with each of ``installs`` (pip arguments, e.g. ``["-r", FILE]``) run in
+    order; returns its python. For the integrations whose pinned packages conflict with the project's."""
+    import subprocess
+    import venv
+
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    for arguments in installs:
+        subprocess.run([python, "-m", "pip", "install", "-q", *map(str, arguments)], check=True)
+    return python
+
+
 def bake_settings(src: Path, dst: Path, settings: dict) -> Path:
     """Copy bundle ``src`` to ``dst`` (no models/eval/dist) with ``settings`` written into each config that
     already has the setting's top-level key, so that every later command needs no overrides."""

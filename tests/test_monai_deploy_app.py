@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import venv
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO_ROOT, TINY, bake_settings
+from conftest import REPO_ROOT, TINY, bake_settings, pinned_venv
 
 from data_prep.dicom_series import case_to_dicom_study
 from raagr2_tools.jobs.bundle_cli import run_bundle
@@ -58,11 +57,7 @@ def deploy_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtual environment installed exactly as the app's README says."""
     if os.environ.get(PYTHON_ENV):
         return Path(os.environ[PYTHON_ENV])
-    env = tmp_path_factory.mktemp("deploy_env") / "venv"
-    venv.create(env, with_pip=True)
-    python = env / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "-r", APP / "requirements.txt"], check=True)
-    return python
+    return pinned_venv(tmp_path_factory.mktemp("deploy_env") / "venv", ["-r", APP / "requirements.txt"])
 
 
 @pytest.fixture(scope="module")

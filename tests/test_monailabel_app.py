@@ -12,14 +12,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import venv
 import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, pinned_venv
 
 from data_prep.stack import LABELS_DIR, stack_dataset
 from raagr2_tools.jobs.bundle_cli import run_bundle
@@ -38,12 +37,7 @@ def monailabel_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get(PYTHON_ENV):
         return Path(os.environ[PYTHON_ENV])
     env = tmp_path_factory.mktemp("monailabel_env") / "venv"
-    venv.create(env, with_pip=True)
-    python = env / "bin" / "python"
-    pip = [python, "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-r", APP / "requirements.txt"], check=True)
-    subprocess.run([*pip, "--no-deps", "-r", APP / "requirements-nodeps.txt"], check=True)
-    return python
+    return pinned_venv(env, ["-r", APP / "requirements.txt"], ["--no-deps", "-r", APP / "requirements-nodeps.txt"])
 
 
 def _free_port() -> int:

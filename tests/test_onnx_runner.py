@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import venv
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_CASES, REPO_ROOT
+from conftest import REAL_CASES, REPO_ROOT, pinned_venv
 
 from custom_modules import onnx_runner
 from custom_modules.onnx_runner import CONTRACT_KEY, RunnerError, window_starts
@@ -79,9 +78,7 @@ def runner_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with only the runner's packages (pinned as in requirements.txt): no torch, no
     MONAI, not this repository."""
     env = tmp_path_factory.mktemp("onnx_runner_env") / "venv"
-    venv.create(env, with_pip=True)
-    python = env / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", *_pins(RUNNER_PACKAGES)], check=True)
+    python = pinned_venv(env, _pins(RUNNER_PACKAGES))
     probe = "import importlib.util as u; print([m for m in ('torch', 'monai', 'custom_modules') if u.find_spec(m)])"
     found = subprocess.run([python, "-c", probe], cwd=env, capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]", "the runner's environment must not have torch, MONAI or this repository"
