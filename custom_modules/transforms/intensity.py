@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..onnx_runner import regions_from_logits, zscore_nonzero
+from ..onnx_runner import logit_threshold, regions_from_logits, zscore_nonzero
 
 __all__ = ["RegionsFromLogitsd", "ZScoreNonzerod"]
 
@@ -61,7 +61,7 @@ class RegionsFromLogitsd(MapTransform):
     def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = float(threshold)
-        regions_from_logits(np.zeros(1), self.threshold)  # refuse a threshold outside (0, 1) at config time
+        logit_threshold(self.threshold)  # refuse a threshold outside (0, 1) when the config is read
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

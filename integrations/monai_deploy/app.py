@@ -22,6 +22,7 @@ read fails before inference with one line that names the series and the problem.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -51,8 +52,6 @@ def check_bundle(bundle: Path) -> list[str]:
     Raises:
         ValueError: naming the missing file and what makes it.
     """
-    import json
-
     needs = {
         "configs/inference.json": "not a bundle folder",
         "configs/metadata.json": "not a bundle folder",

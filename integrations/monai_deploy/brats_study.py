@@ -25,6 +25,7 @@ import importlib
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from monai.deploy.core import Fragment, Image, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
@@ -175,16 +176,10 @@ class BraTSStudyToVolumeOperator(DICOMSeriesToVolumeOperator):
             "filename_or_obj": names[0],
             self.load_case.CASE_FILES_META: ", ".join(names),
         }
-        self.load_case.check_image(
-            metadata["case_id"], self._channels_first(stacked), names, len(self.channels)
-        )  # NaN/Inf, an empty modality, no brain: the bundle's own checks
+        channels_first = torch.from_numpy(np.moveaxis(stacked, -1, 0))
+        # the bundle's own checks: NaN/Inf, an empty modality, no brain
+        self.load_case.check_image(metadata["case_id"], channels_first, names, len(self.channels))
         reference = StudySelectedSeries(study)
         for item in chosen:
             reference.add_selected_series(item)
         return Image(stacked, metadata=metadata), reference
-
-    @staticmethod
-    def _channels_first(stacked: np.ndarray):
-        import torch
-
-        return torch.from_numpy(np.moveaxis(stacked, -1, 0))

@@ -160,7 +160,8 @@ class AllocationSearch:
     def fit_scale(self, preferences: np.ndarray) -> tuple[float, dict[str, float], float]:
         """(scale, ratios, cost) with the cost within ``cost_tolerance`` of the target (bisection on the scale)."""
         low, high = 0.0, self.settings.max_ratio / max(float(preferences.min()), 1e-6)
-        best = (high, self._ratios(preferences, high), self.cost(self._ratios(preferences, high)))
+        at_high = self._ratios(preferences, high)
+        best = (high, at_high, self.cost(at_high))
         for _ in range(30):
             mid = 0.5 * (low + high)
             ratios = self._ratios(preferences, mid)
