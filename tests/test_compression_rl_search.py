@@ -92,7 +92,7 @@ def test_search_keeps_the_cost_and_its_choice_builds_and_exports(sharing: str, b
     # the chosen allocation through the engine: forward and ONNX parity checked, the shared kernel pruned as one
     pruner = StructuredPruner(copy.deepcopy(net), example_shape=SHAPE, group_ratios=record["chosen"]["ratios"])
     step = pruner.step(tp.importance.GroupMagnitudeImportance(p=2), PruningStep(1, 1.0))
-    assert step["onnx_max_abs_diff"] < 1e-4 and step["flops"] / 2 == pytest.approx(record["chosen"]["cost_macs"])
+    assert step["onnx_max_abs_diff"] < 1e-4 and step["flops"] / 2 == pytest.approx(record["chosen"]["cost"])
     if sharing == "depthwise":
         kernels = [m for m in pruner.network.modules() if isinstance(m, SharedDepthwiseKernel)]
         assert kernels and all(k.weight.shape[0] > 0 for k in kernels)

@@ -40,6 +40,7 @@ __all__ = [
     "Criterion",
     "get_criterion",
     "make_importance",
+    "importance_factory",
     "pruner_class",
     "LayerScoreImportance",
     "conv_relevance_maps",
@@ -404,6 +405,46 @@ def make_importance(
             gradient_x_input_relevance(net, batches), recompute=lambda: gradient_x_input_relevance(net, batches)
         )
     raise ValueError(f"no importance for criterion {name!r}.")  # pragma: no cover - METHODS are all handled
+
+
+def importance_factory(
+    criterion: Criterion,
+    batches: Sequence[Mapping[str, Tensor]] = (),
+    loss_fn: LossFn | None = None,
+) -> Callable[[nn.Module], tp.importance.Importance]:
+    """``network -> importance`` of ``criterion`` for many unpruned copies of one network (the sparsity search
+    prunes a fresh copy of the teacher for every candidate).
+
+    Data-driven scores (``taylor``, ``gradient_x_input``) are computed once, on the first network given, and kept
+    by conv name, so every later copy is ranked by the same scores without another backward pass; the other
+    criteria need no data and are made per call.
+
+    Raises:
+        ValueError: a criterion the search cannot rank copies with: unstructured ``snip``, and those scored at
+            initialisation or after sparse training (``snip_structured``, ``slimming``).
+    """
+    if not criterion.structured or criterion.from_init or criterion.sparse_training:
+        raise ValueError(
+            f"method {criterion.name!r} cannot rank the candidates of the learned (rl) allocation: it is scored "
+            "at initialisation or after sparse training; use magnitude_l1, magnitude_l2, depgraph, taylor or "
+            "gradient_x_input"
+        )
+    if criterion.name not in ("taylor", "gradient_x_input"):
+        return lambda net: make_importance(criterion, net, batches, loss_fn)
+    named: dict[str, Tensor] = {}
+
+    def make(net: nn.Module) -> tp.importance.Importance:
+        modules = dict(net.named_modules())
+        if not named:
+            if criterion.name == "taylor":
+                scores = taylor_scores(net, batches, loss_fn if loss_fn is not None else default_loss())
+            else:
+                scores = gradient_x_input_relevance(net, batches)
+            names = {m: n for n, m in modules.items()}
+            named.update({names[m]: s.detach().clone() for m, s in scores.items()})
+        return LayerScoreImportance({modules[n]: s for n, s in named.items() if n in modules})
+
+    return make
 
 
 # --------------------------------------------------------------------------------------------------------------

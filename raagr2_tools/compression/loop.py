@@ -38,10 +38,19 @@ from custom_modules.networks.complexity import FLOP_COUNTER, count_flops, count_
 from custom_modules.networks.pruned.structure import merge_split_convs
 from raagr2_tools.shipping.onnx import onnx_parity
 
-from .criteria import SlimmingRegularizer, make_importance, network_device, pruner_class, scoring_mode
+from .criteria import (
+    SlimmingRegularizer,
+    importance_factory,
+    make_importance,
+    network_device,
+    pruner_class,
+    scoring_mode,
+)
 from .engine import PruningCheckError, StructuredPruner
 from .hooks import TrainingHooks
+from .latency_table import LatencyTable, measure_network_ms, uniform_pruned
 from .progress import ProgressStore
+from .rl_search import AllocationSearch, LatencyCost, MacsCost, SearchSettings, uniform_cost
 from .schedule import LAYER_GROUPS, make_schedule
 from .settings import FineTuneSettings, PruningSettings
 from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
@@ -60,7 +69,9 @@ logger = logging.getLogger(__name__)
 #: the settings and inputs of the run that owns a work folder (see :func:`claim_work_folder`)
 FINGERPRINT_FILE = "fingerprint.json"
 #: files of a work folder that hold work worth resuming
-RESUME_FILES = ("progress.pt",)
+RESUME_FILES = ("progress.pt", "allocation_search.json")
+#: the learned allocation's search record in the work folder (written after every sample)
+SEARCH_RECORD = "allocation_search.json"
 
 #: ``evaluate`` result: ``{"cases": [per-case rows], "dice": {region: mean}, "hd95": {region: mean}}``
 Evaluation = dict[str, Any]
@@ -178,6 +189,9 @@ class CompressionLoop:
         final_onnx_exporter: exporter of the final parity check (``"dynamo"``: the graph that ships; ``None``:
             no final check). Runs only with ``pruning.onnx_check``.
         measure_latency: time teacher and pruned network on one example slice.
+        latency_table: the per-layer latency table file of the latency-aware search (``rl_cost: latency``); reused
+            when it was measured for this network, backend and CPU (default: ``latency_table.json`` in the work
+            folder).
     """
 
     def __init__(
@@ -191,6 +205,7 @@ class CompressionLoop:
         store: ProgressStore | None = None,
         final_onnx_exporter: str | None = "dynamo",
         measure_latency: bool = True,
+        latency_table: str | Path | None = None,
     ) -> None:
         self.network = network
         self.teacher = teacher
@@ -202,6 +217,13 @@ class CompressionLoop:
         self.final_onnx_exporter = final_onnx_exporter
         self.measure_latency = measure_latency
         self.criterion = pruning.criterion
+        work_dir = store.work_dir if store is not None else None
+        self.latency_table = (
+            Path(latency_table)
+            if latency_table is not None
+            else (Path(work_dir) / "latency_table.json" if work_dir is not None else None)
+        )
+        self.search_record = Path(work_dir) / SEARCH_RECORD if work_dir is not None else None
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> CompressionOutcome:
@@ -213,13 +235,18 @@ class CompressionLoop:
         record = loaded[0] if loaded else (self.store.new() if self.store else {"done": 0, "steps": [], "history": []})
         if "teacher_eval" not in record:
             record["teacher_eval"] = self.callbacks.evaluate("teacher", "teacher")
+        searched = self.criterion.structured and self.pruning.resolved_allocation == "rl"
+        group_ratios = self._searched_allocation(record) if searched else None
+        hand_made = self.pruning.resolved_allocation if self.criterion.structured and not searched else "uniform"
         pruner = StructuredPruner(
             self.network,
             self.pruning.example_shape,
-            allocation=self.pruning.resolved_allocation if self.criterion.structured else "uniform",
+            allocation=hand_made,
             max_layer_ratio=self.pruning.max_layer_ratio,
             round_to=self.pruning.round_to,
             onnx_check=self.pruning.onnx_check,
+            group_ratios=group_ratios,
+            final_ratio=self._final_ratio() if searched else None,
         )
         masks: dict[str, Tensor] = {}
         if loaded and record["done"]:
@@ -241,6 +268,48 @@ class CompressionLoop:
         merge_split_convs(self.network)  # the deployed form: one grouped conv is faster than its split slots
         outcome.measurements = self._measure(pruner)
         return outcome
+
+    def _final_ratio(self) -> float:
+        p = self.pruning
+        return make_schedule(p.schedule, p.ratio, p.iterative_steps)[-1].target_ratio
+
+    def _search_cost(self) -> MacsCost | LatencyCost:
+        p = self.pruning
+        if p.rl_cost == "macs":
+            return MacsCost()
+        if self.latency_table is None:
+            raise ValueError("rl_cost latency needs a latency table file (latency_table) or a work folder")
+        table = LatencyTable.load_or_measure(self.latency_table, self.teacher, p.example_shape, p.latency_backend)
+        return LatencyCost(table)
+
+    def _searched_allocation(self, record: dict[str, Any]) -> dict[str, float]:
+        """The learned per-group ratios (``allocation: rl``): searched once at the cost of the uniform allocation
+        at the schedule's final ratio, recorded (``allocation_search``) and reused when the run resumes."""
+        if "allocation_search" in record:
+            return dict(record["allocation_search"]["chosen"]["ratios"])
+        p = self.pruning
+        scoring = self.callbacks.scoring_batches(p.scoring_batches) if self.criterion.needs_batches else []
+        factory = importance_factory(self.criterion, scoring, self.task_loss)
+        reward_batches = [b["image"] for b in self.callbacks.scoring_batches(p.rl_batches)]
+        if not reward_batches:
+            raise ValueError("the training data gave no batch to score the allocation search with")
+        options = {"example_shape": p.example_shape, "round_to": p.round_to}
+        cost = self._search_cost()
+        final = self._final_ratio()
+        target = uniform_cost(self.teacher, final, cost, **options)
+        logger.info(
+            f"allocation search: {p.rl_samples} samples at the uniform allocation's cost at ratio {final:.3f} "
+            f"({target:.4g} {cost.unit})"
+        )
+        settings = SearchSettings(samples=p.rl_samples, max_ratio=p.max_layer_ratio, seed=p.rl_seed)
+        search = AllocationSearch(
+            self.teacher, reward_batches, target, settings, factory, self.search_record, cost, **options
+        )
+        result = search.run()
+        result["target"] = {"allocation": "uniform", "ratio": final, "cost": target, "unit": cost.unit}
+        record["allocation_search"] = result
+        self._save(record)
+        return dict(result["chosen"]["ratios"])
 
     def _save(self, record: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> None:
         if self.store is not None:
@@ -391,4 +460,26 @@ class CompressionLoop:
                 "threads": torch.get_num_threads(),
                 "device": str(device),
             }
+        if self.criterion.structured and self.pruning.resolved_allocation == "rl" and self.pruning.rl_cost == "latency":
+            out["latency_check"] = self._latency_check()
         return out
+
+    def _latency_check(self) -> dict[str, Any]:
+        """The searched network's measured latency on the table's backend against the uniform allocation's (the
+        target), both measured now, in this process, in their deployed form."""
+        p = self.pruning
+        shape = p.example_shape
+        uniform = uniform_pruned(self.teacher, self._final_ratio(), shape)
+        target_ms = measure_network_ms(uniform, shape, p.latency_backend)
+        searched_ms = measure_network_ms(self.network, shape, p.latency_backend)
+        table = LatencyTable(json.loads(self.latency_table.read_text())) if self.latency_table.is_file() else None
+        predicted = table.predict_ms(self.network) if table is not None else None
+        return {
+            "backend": p.latency_backend,
+            "input_shape": list(shape),
+            "target_ms_measured": target_ms,
+            "searched_ms_measured": searched_ms,
+            "searched_ms_predicted": predicted,
+            "searched_vs_target": searched_ms / target_ms,
+            "within_10_percent": abs(searched_ms / target_ms - 1) <= 0.10,
+        }

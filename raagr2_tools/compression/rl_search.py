@@ -5,11 +5,17 @@ One action per Torch-Pruning group (:meth:`StructuredPruner.prunable_groups`: th
 four dilations and the recurrent convs called three times are inside one group each). The policy holds one logit
 ``mu_g`` per group; a sample draws ``z_g = mu_g + sigma * eps_g`` (``eps ~ N(0, 1)``) and the group's *preference*
 ``p_g = sigmoid(z_g)``. Preferences set the shape of the allocation, the cost sets its size: the ratios are
-``r_g = min(max_ratio, s * p_g)`` with the scale ``s`` found by bisection so that the pruned network's cost (MACs
-of one forward pass at ``example_shape``, counted on the pruned network) is the target within ``cost_tolerance``.
+``r_g = min(max_ratio, s * p_g)`` with the scale ``s`` found by bisection so that the pruned network's cost is the
+target within ``cost_tolerance``. The cost is :class:`MacsCost` (MACs of one forward pass at ``example_shape``,
+counted on the pruned network) or :class:`LatencyCost` (its latency on a CPU backend predicted by a per-layer
+table, :mod:`.latency_table`); the target is usually the cost of the uniform allocation at the step's ratio
+(:func:`uniform_cost`), so the search and the hand-made allocations are compared at equal cost.
 Every sample therefore costs the same, and the reward is accuracy alone: the agreement of the pruned, not
 fine-tuned, student with the teacher on a few validation batches (mean over the region channels of the Dice
-between their thresholded masks; channels pruned with the same importance the compression step uses).
+between their thresholded masks). Inside each group the channels are chosen by the compression step's criterion
+(:func:`.criteria.importance_factory`: Taylor scores are computed once on the teacher and reused for every candidate);
+the bisection itself prunes by L2 magnitude, since the channel counts, and so the cost, do not depend on which
+channels go.
 
 Update: REINFORCE with a baseline, ``mu += lr * (R - b) * eps / sigma`` after each sample, ``b`` an exponential
 moving average of the rewards (``baseline_decay``), the first reward its start. The chosen allocation is the
@@ -39,7 +45,16 @@ from .engine import StructuredPruner
 from .engine import logger as engine_logger
 from .schedule import PruningStep
 
-__all__ = ["SEARCH_METHOD", "AllocationSearch", "SearchSettings", "UnreachableTargetError", "mask_agreement"]
+__all__ = [
+    "SEARCH_METHOD",
+    "AllocationSearch",
+    "LatencyCost",
+    "MacsCost",
+    "SearchSettings",
+    "UnreachableTargetError",
+    "mask_agreement",
+    "uniform_cost",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +106,90 @@ def mask_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
     return float(dice.mean())
 
 
+class MacsCost:
+    """Multiply-accumulates of one forward pass of the pruned network at its pruner's ``example_shape``."""
+
+    unit = "MACs"
+    name = "macs"
+
+    def __call__(self, pruner: StructuredPruner) -> float:
+        return float(pruner.check()["flops"]) / 2  # the FLOP counter counts a multiply-add as two
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit}
+
+
+class LatencyCost:
+    """Predicted milliseconds of one forward pass on the table's backend (:class:`.latency_table.LatencyTable`)."""
+
+    unit = "ms"
+    name = "latency"
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __call__(self, pruner: StructuredPruner) -> float:
+        return self.table.predict_ms(pruner.network)
+
+    def flush(self) -> None:
+        """Write the widths timed so far to the table's file."""
+        self.table.save()
+
+    def describe(self) -> dict[str, Any]:
+        r = self.table.record
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "backend": r["backend"],
+            "backend_version": r.get("backend_version"),
+            "example_shape": r["example_shape"],
+            "calibration": r.get("calibration"),
+        }
+
+
+def prunable_copy(network: nn.Module) -> nn.Module:
+    """A deep copy of ``network`` whose parameters require gradients (a frozen teacher's do not, and Torch-Pruning
+    traces its dependency graph through autograd)."""
+    clone = copy.deepcopy(network)
+    for parameter in clone.parameters():
+        parameter.requires_grad_(True)
+    return clone
+
+
+def _quiet_step(pruner: StructuredPruner, importance: tp.importance.Importance, ratio: float) -> None:
+    level = engine_logger.level
+    engine_logger.setLevel(logging.WARNING)  # one line per candidate would drown the search's progress
+    try:
+        pruner.step(importance, PruningStep(1, ratio))
+    finally:
+        engine_logger.setLevel(level)
+
+
+def uniform_cost(
+    network: nn.Module, ratio: float, cost: Callable[[StructuredPruner], float], **pruner_options
+) -> float:
+    """The cost of ``network`` with the uniform allocation at ``ratio`` (every group loses ``ratio`` of its
+    channels): the target at which the search is compared with the hand-made allocations."""
+    options = {"onnx_check": False, **pruner_options}
+    pruner = StructuredPruner(prunable_copy(network), allocation="uniform", **options)
+    if ratio > 0:
+        _quiet_step(pruner, tp.importance.GroupMagnitudeImportance(p=2), float(ratio))
+    return float(cost(pruner))
+
+
 class AllocationSearch:
-    """Search per-group ratios for ``network`` (the teacher, not modified) at the cost of ``target_cost`` MACs.
+    """Search per-group ratios for ``network`` (the teacher, not modified) at the cost ``target_cost``.
 
     Args:
         network: the teacher network (a copy is pruned for each evaluation).
         batches: validation inputs ``(B, C, H, W)`` the reward is scored on.
-        target_cost: MACs of one forward pass at ``example_shape`` that every sampled allocation is scaled to.
+        target_cost: the cost, in ``cost``'s unit, that every sampled allocation is scaled to.
         settings: the search's budget and policy.
-        importance: makes the channel importance used inside each group (default: group L2 magnitude).
+        importance: ``network -> importance`` ranking channels inside each group of a fresh teacher copy
+            (:func:`.criteria.importance_factory`; default: group L2 magnitude).
         record_path: the search record (JSON), written after every sample and read to resume.
+        cost: what a pruned network costs (:class:`MacsCost`, the default, or :class:`LatencyCost`).
+        progress: called with one line after every sample (default: the module's logger).
         pruner_options: passed to each :class:`StructuredPruner` (``example_shape``, ``never_prune``, ``round_to``).
 
     Raises:
@@ -113,45 +202,52 @@ class AllocationSearch:
         batches: Sequence[torch.Tensor],
         target_cost: float,
         settings: SearchSettings = SearchSettings(),
-        importance: Callable[[], tp.importance.Importance] | None = None,
+        importance: Callable[[nn.Module], tp.importance.Importance] | None = None,
         record_path: str | Path | None = None,
+        cost: Callable[[StructuredPruner], float] | None = None,
+        progress: Callable[[str], None] | None = None,
         **pruner_options: Any,
     ) -> None:
         self.teacher = network.eval()
         self.batches = list(batches)
         self.settings = settings
-        self.importance = importance or (lambda: tp.importance.GroupMagnitudeImportance(p=2))
+        self.importance = importance or (lambda net: tp.importance.GroupMagnitudeImportance(p=2))
         self.record_path = Path(record_path) if record_path is not None else None
+        self.cost_model = cost if cost is not None else MacsCost()
+        self.progress = progress or logger.info
         self.pruner_options = {"onnx_check": False, **pruner_options}
-        probe = StructuredPruner(copy.deepcopy(network), **self.pruner_options)
+        probe = StructuredPruner(prunable_copy(network), **self.pruner_options)
         self.groups = [g["root"] for g in probe.prunable_groups()]
-        self.teacher_cost = float(probe.teacher_flops) / 2  # FLOPs count a multiply-add as two
+        self.teacher_cost = float(self.cost_model(probe))
         self.target_cost = float(target_cost)
         with torch.no_grad():
             self.teacher_outputs = [self.teacher(b) for b in self.batches]
         smallest = self.cost(dict.fromkeys(self.groups, settings.max_ratio))
         if smallest > self.target_cost * (1 + settings.cost_tolerance):
+            unit = self.unit
             raise UnreachableTargetError(
-                f"target cost {self.target_cost:.4g} MACs "
+                f"target cost {self.target_cost:.4g} {unit} "
                 f"({self.target_cost / self.teacher_cost:.1%} of the teacher's) is below the smallest reachable "
                 f"with every group at max_ratio {settings.max_ratio}: "
-                f"{smallest:.4g} MACs ({smallest / self.teacher_cost:.1%}); raise max_ratio or the target"
+                f"{smallest:.4g} {unit} ({smallest / self.teacher_cost:.1%}); raise max_ratio or the target"
             )
 
-    def _prune(self, ratios: dict[str, float]) -> StructuredPruner:
-        pruner = StructuredPruner(copy.deepcopy(self.teacher), group_ratios=ratios, **self.pruner_options)
+    @property
+    def unit(self) -> str:
+        return str(getattr(self.cost_model, "unit", "cost"))
+
+    def _prune(self, ratios: dict[str, float], ranked: bool = False) -> StructuredPruner:
+        """A teacher copy pruned to ``ratios``: channels ranked by ``importance`` when ``ranked``, else by L2
+        magnitude (same channel counts, so the same cost)."""
+        pruner = StructuredPruner(prunable_copy(self.teacher), group_ratios=ratios, **self.pruner_options)
         if any(v > 0 for v in ratios.values()):
-            level = engine_logger.level
-            engine_logger.setLevel(logging.WARNING)  # one line per candidate would drown the search's progress
-            try:
-                pruner.step(self.importance(), PruningStep(1, 1.0))
-            finally:
-                engine_logger.setLevel(level)
+            importance = self.importance(pruner.network) if ranked else tp.importance.GroupMagnitudeImportance(p=2)
+            _quiet_step(pruner, importance, 1.0)
         return pruner
 
     def cost(self, ratios: dict[str, float]) -> float:
-        """MACs of the teacher pruned to ``ratios`` (one forward pass at ``example_shape``)."""
-        return float(self._prune(ratios).check()["flops"]) / 2
+        """The cost of the teacher pruned to ``ratios``."""
+        return float(self.cost_model(self._prune(ratios)))
 
     def _ratios(self, preferences: np.ndarray, scale: float) -> dict[str, float]:
         limit = self.settings.max_ratio
@@ -176,36 +272,41 @@ class AllocationSearch:
 
     def reward(self, ratios: dict[str, float]) -> float:
         """Teacher agreement of the pruned (not fine-tuned) student on the validation batches."""
-        student = self._prune(ratios).network.eval()
+        student = self._prune(ratios, ranked=True).network.eval()
         with torch.no_grad():
             scores = [mask_agreement(student(b), t) for b, t in zip(self.batches, self.teacher_outputs)]
         return float(np.mean(scores))
 
     def _signature(self) -> dict[str, Any]:
+        describe = getattr(self.cost_model, "describe", None)
         return {
             "method": SEARCH_METHOD,
             "settings": asdict(self.settings),
             "groups": self.groups,
-            "target_cost_macs": self.target_cost,
+            "cost": describe() if callable(describe) else {"unit": self.unit},
+            "target_cost": self.target_cost,
             "batches": [list(b.shape) for b in self.batches],
         }
 
     def _load(self) -> dict[str, Any]:
-        fresh = {**self._signature(), "teacher_cost_macs": self.teacher_cost, "samples": []}
+        signature = json.loads(json.dumps(self._signature()))
+        fresh = {**signature, "teacher_cost": self.teacher_cost, "samples": []}
         if self.record_path is None or not self.record_path.is_file():
             return fresh
-        record = json.loads(self.record_path.read_text())
-        if {k: record.get(k) for k in self._signature()} != json.loads(json.dumps(self._signature())):
+        try:
+            record = json.loads(self.record_path.read_text())
+        except ValueError as e:
+            logger.warning("%s: unreadable (%s); starting again", self.record_path, e)
+            return fresh
+        if {k: record.get(k) for k in signature} != signature:
             logger.warning("%s: written by a search with other settings; starting again", self.record_path)
             return fresh
-        logger.info(
-            "%s: resuming after %d of %d samples", self.record_path, len(record["samples"]), self.settings.samples
-        )
+        self.progress(f"{self.record_path}: resuming after {len(record['samples'])} of {self.settings.samples} samples")
         return record
 
     def run(self) -> dict[str, Any]:
         """Draw, score and learn from ``settings.samples`` allocations; returns the search record (JSON-ready) with
-        ``chosen`` (the best sample: ``ratios`` per group, ``cost_macs``, ``reward``)."""
+        ``chosen`` (the best sample: ``ratios`` per group, ``cost``, ``reward``)."""
         s = self.settings
         record = self._load()
         mu = np.zeros(len(self.groups))  # replay the updates of the samples already scored
@@ -223,7 +324,7 @@ class AllocationSearch:
                     "eps": eps.tolist(),
                     "scale": scale,
                     "ratios": ratios,
-                    "cost_macs": cost,
+                    "cost": cost,
                     "cost_vs_target": cost / self.target_cost,
                     "reward": reward,
                     "baseline": baseline,
@@ -231,19 +332,18 @@ class AllocationSearch:
             )
             mu, baseline = self._update(mu, baseline, eps, reward)
             best = max(record["samples"], key=lambda r: r["reward"])
-            logger.info(
-                "rl search sample %d/%d: reward %.4f (best %.4f), cost %.3f x target",
-                index + 1,
-                s.samples,
-                reward,
-                best["reward"],
-                cost / self.target_cost,
+            self.progress(
+                f"rl search sample {index + 1}/{s.samples}: reward {reward:.4f} (best {best['reward']:.4f}), "
+                f"cost {cost / self.target_cost:.3f} x target"
             )
             record["policy_logits"] = mu.tolist()
+            flush = getattr(self.cost_model, "flush", None)
+            if callable(flush):
+                flush()
             if self.record_path is not None:
                 write_json(self.record_path, record)
         best = max(record["samples"], key=lambda r: r["reward"])
-        record["chosen"] = {k: best[k] for k in ("index", "ratios", "cost_macs", "reward")}
+        record["chosen"] = {k: best[k] for k in ("index", "ratios", "cost", "reward")}
         record["policy_logits"] = mu.tolist()
         if self.record_path is not None:
             write_json(self.record_path, record)

@@ -12,11 +12,25 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .criteria import Criterion, get_criterion
+from .criteria import Criterion, get_criterion, importance_factory
 from .engine import ALLOCATIONS
+from .latency_table import BACKENDS
 from .schedule import make_schedule
 
-__all__ = ["PruningSettings", "FineTuneSettings", "ReportSettings", "RESULT_NEUTRAL", "settings_fingerprint"]
+__all__ = [
+    "ALLOCATION_CHOICES",
+    "SEARCH_COSTS",
+    "PruningSettings",
+    "FineTuneSettings",
+    "ReportSettings",
+    "RESULT_NEUTRAL",
+    "settings_fingerprint",
+]
+
+#: ``allocation`` values: the engine's hand-made ones and the learned one (:mod:`.rl_search`)
+ALLOCATION_CHOICES = (*ALLOCATIONS, "rl")
+#: what the learned allocation holds fixed: MACs, or latency on ``latency_backend`` predicted by a per-layer table
+SEARCH_COSTS = ("macs", "latency")
 
 #: settings that only check or time the result, not what it is: a run may resume with them changed
 RESULT_NEUTRAL = frozenset({"onnx_check", "measure_latency"})
@@ -31,14 +45,20 @@ class PruningSettings:
         ratio: channel fraction removed from every pruned layer (structured), or weight sparsity (``snip``).
         schedule: ``oneshot``, ``iterative`` or ``levelwise``.
         iterative_steps: steps of the ``iterative`` schedule.
-        allocation: ``uniform`` or ``global``; ``None``: the criterion's default.
-        max_layer_ratio: per-layer cap of the global allocation.
+        allocation: ``uniform``, ``global`` or ``rl`` (learned per group at the uniform allocation's cost,
+            :mod:`.rl_search`); ``None``: the criterion's default.
+        max_layer_ratio: per-layer cap of the global allocation and per-group cap of the learned one.
         round_to: keep channel counts multiples of this (``None``: any count).
         scoring_batches: training batches scored by data-driven criteria (``taylor``, ``gradient_x_input``).
         slimming_reg: L1 coefficient on BN gamma during slimming's sparse training.
         onnx_check: ONNX Runtime parity after every step and of the final network.
         example_size: slice size ``[H, W]`` of the forward check and the FLOP count.
         in_channels: input channels of the network.
+        rl_samples: allocations the learned search draws and scores.
+        rl_batches: training batches whose teacher agreement is the search's reward.
+        rl_cost: ``macs`` or ``latency`` (:data:`SEARCH_COSTS`): the cost every candidate is scaled to.
+        rl_seed: seed of the search's draws.
+        latency_backend: backend of the latency cost (:data:`.latency_table.BACKENDS`).
     """
 
     method: str
@@ -53,12 +73,29 @@ class PruningSettings:
     onnx_check: bool = True
     example_size: Sequence[int] = (192, 192)
     in_channels: int = 4
+    rl_samples: int = 16
+    rl_batches: int = 4
+    rl_cost: str = "macs"
+    rl_seed: int = 0
+    latency_backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         get_criterion(self.method)
         make_schedule(self.schedule, float(self.ratio), int(self.iterative_steps))  # validates schedule and ratio
-        if self.allocation is not None and self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS} or null, got {self.allocation!r}")
+        if self.allocation is not None and self.allocation not in ALLOCATION_CHOICES:
+            raise ValueError(
+                f"config key allocation: must be one of {ALLOCATION_CHOICES} or null, got {self.allocation!r}"
+            )
+        if self.rl_cost not in SEARCH_COSTS:
+            raise ValueError(f"config key rl_cost: must be one of {SEARCH_COSTS}, got {self.rl_cost!r}")
+        if self.latency_backend not in BACKENDS:
+            raise ValueError(f"config key latency_backend: must be one of {BACKENDS}, got {self.latency_backend!r}")
+        if self.allocation == "rl":
+            importance_factory(self.criterion)  # refuses criteria the search cannot rank candidates with
+            if int(self.rl_samples) < 1 or int(self.rl_batches) < 1:
+                raise ValueError("config keys rl_samples and rl_batches: must be >= 1")
+        for key in ("rl_samples", "rl_batches", "rl_seed"):
+            object.__setattr__(self, key, int(getattr(self, key)))
         object.__setattr__(self, "ratio", float(self.ratio))
         object.__setattr__(self, "round_to", int(self.round_to) if self.round_to else None)
         object.__setattr__(self, "example_size", tuple(int(s) for s in self.example_size))

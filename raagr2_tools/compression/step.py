@@ -120,6 +120,8 @@ class CompressionStep:
             weights by the validator's key metric (as the baseline's ``model.pt``).
         overwrite: replace an existing ``<output_dir>/<name>`` bundle (else it is refused, before any work).
         datalist: the datalist file the trainer and evaluators read (its content is part of the fingerprint).
+        latency_table: the per-layer latency table of the latency-aware learned allocation (``rl_cost:
+            latency``); reused by every run whose network, input size, backend and CPU it was measured for.
 
     Raises:
         FileExistsError: the bundle folder exists, is not empty and ``overwrite`` is false.
@@ -145,6 +147,7 @@ class CompressionStep:
         validator: Engine | None = None,
         overwrite: bool = False,
         datalist: str | None = None,
+        latency_table: str | None = None,
     ) -> None:
         if getattr(network, "sharing", None) != variant_sharing(variant):
             raise ValueError(
@@ -170,6 +173,7 @@ class CompressionStep:
         self.bundle_dir = self.output_dir / self.name
         self.overwrite = config_bool(overwrite, "overwrite")
         self.datalist = None if datalist is None else str(datalist)
+        self.latency_table = None if latency_table is None else str(latency_table)
         check_bundle_target(self.bundle_dir, self.overwrite)  # now, not after the hours of pruning
         if self.overwrite and self.bundle_dir.exists():
             logger.warning(f"{self.bundle_dir} exists and will be replaced at the end (overwrite is true)")
@@ -296,6 +300,7 @@ class CompressionStep:
             LoopCallbacks(scoring_batches=self.scoring_batches, finetune=self.finetune, evaluate=self.evaluate),
             store=ProgressStore(self.work_dir, self.fingerprint, name=self.name),
             measure_latency=self.report.measure_latency,
+            latency_table=self.latency_table,
         )
         try:
             outcome = loop.run()
@@ -328,9 +333,11 @@ class CompressionStep:
             "complexity": outcome.measurements["complexity"],
             "finetune": self.finetune_settings.record(),
         }
-        for key in ("latency_ms", "final_onnx_check"):
+        for key in ("latency_ms", "final_onnx_check", "latency_check"):
             if key in outcome.measurements:
                 report[key] = outcome.measurements[key]
+        if record.get("allocation_search") is not None:
+            report["allocation_search"] = record["allocation_search"]
         stages = {
             "teacher": record["teacher_eval"],
             "pruned_before_finetune": record["before_finetune"],

@@ -229,7 +229,62 @@ def render_compression_markdown(report: Mapping[str, Any], figure: str | None = 
     parts += [_steps(report), _layers(report)]
     if isinstance(report.get("snip"), Mapping):
         parts.append(_snip(report["snip"]))
+    if isinstance(report.get("allocation_search"), Mapping):
+        parts.append(_allocation_search(report["allocation_search"], report.get("latency_check"), figure))
     return "\n".join(parts)
+
+
+#: the search figure beside the report: ``<stem>_allocation_search.png``
+SEARCH_FIGURE_SUFFIX = "_allocation_search.png"
+
+
+def _allocation_search(search: Mapping[str, Any], latency: Mapping[str, Any] | None, figure: str | None) -> str:
+    """The learned allocation: how it was searched, what it chose and (latency cost) how its latency came out."""
+    samples = list(search.get("samples") or [])
+    chosen = search.get("chosen") or {}
+    cost = search.get("cost") or {}
+    unit = str(cost.get("unit", ""))
+    target = search.get("target") or {}
+    rewards = [float(x["reward"]) for x in samples]
+    rows = [
+        ("search", str(search.get("method", NA))),
+        (
+            "cost held fixed",
+            f"{cost.get('name', NA)} ({unit})" + (f", {cost['backend']}" if cost.get("backend") else ""),
+        ),
+        (
+            "target",
+            f"{_fmt(search.get('target_cost'), '.4g')} {unit}, the {target.get('allocation', 'uniform')} allocation at "
+            f"ratio {_fmt(target.get('ratio'), '.3f')}",
+        ),
+        ("samples", _int(len(samples))),
+        (
+            "reward (teacher mask agreement), first / best",
+            f"{_fmt(rewards[0] if rewards else None, '.4f')} / {_fmt(max(rewards) if rewards else None, '.4f')}",
+        ),
+        ("chosen sample", _int(int(chosen.get("index", -1)) + 1)),
+        ("chosen cost / target", _fmt(_float(chosen.get("cost")) / _float(search.get("target_cost")), ".3f")),
+    ]
+    if isinstance(latency, Mapping):
+        rows += [
+            ("latency check: uniform allocation, measured", f"{_fmt(latency.get('target_ms_measured'), '.2f')} ms"),
+            ("latency check: searched, measured", f"{_fmt(latency.get('searched_ms_measured'), '.2f')} ms"),
+            (
+                "latency check: searched, predicted by the table",
+                f"{_fmt(latency.get('searched_ms_predicted'), '.2f')} ms",
+            ),
+            ("latency check: searched / target", _fmt(latency.get("searched_vs_target"), ".3f")),
+        ]
+    body = quantity_table(rows, "Learned layer-wise sparsity (rl)")
+    if figure:
+        stem = figure[: -len(".png")] if figure.endswith(".png") else figure
+        body += f"\n![Search reward per sample and the chosen ratio per group]({stem}{SEARCH_FIGURE_SUFFIX})\n"
+    ratios = chosen.get("ratios") or {}
+    table = markdown_table(
+        ["group (root conv)", "fraction of channels removed"],
+        [[f"`{name}`", _fmt(value, ".3f")] for name, value in ratios.items()],
+    )
+    return body + "\nChosen ratio per Torch-Pruning group:\n\n" + table
 
 
 def plot_compression(report: Mapping[str, Any], path: str | Path) -> Path:
@@ -297,14 +352,21 @@ def write_compression_report(
 ) -> dict[str, Path]:
     """Write ``<stem>.json`` (the report, indent 4, NaN as ``null``), ``<stem>.md`` and ``<stem>.png`` to ``out_dir``.
 
+    A report with a learned allocation (``allocation_search``) also gets ``<stem>_allocation_search.png``
+    (:func:`plot_allocation_search`).
+
     Returns:
-        ``{"json": path, "markdown": path, "figure": path}``.
+        ``{"json": path, "markdown": path, "figure": path}`` (and ``"search_figure"``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "figure": out / f"{stem}.png"}
     write_text_atomic(paths["json"], json.dumps(_jsonable(report), indent=4, allow_nan=False) + "\n")
     plot_compression(report, paths["figure"])
+    if isinstance(report.get("allocation_search"), Mapping):
+        paths["search_figure"] = plot_allocation_search(
+            report["allocation_search"], out / f"{stem}{SEARCH_FIGURE_SUFFIX}"
+        )
     write_text_atomic(paths["markdown"], render_compression_markdown(report, figure=paths["figure"].name))
     return paths
 
@@ -338,10 +400,10 @@ def plot_allocation_search(record: Mapping[str, Any], path: str | Path) -> Path:
     ax_ratios.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax_ratios.set_ylim(0, 1)
     ax_ratios.set_ylabel("fraction of teacher channels removed")
-    cost = float(chosen.get("cost_macs", float("nan")))
-    teacher = float(record.get("teacher_cost_macs", float("nan")))
-    ax_ratios.set_title(
-        f"chosen allocation (sample {int(chosen.get('index', 0)) + 1}, {100 * cost / teacher:.1f} % MACs)"
-    )
+    cost = float(chosen.get("cost", float("nan")))
+    teacher = float(record.get("teacher_cost", float("nan")))
+    unit = (record.get("cost") or {}).get("unit", "MACs")
+    sample = int(chosen.get("index", 0)) + 1
+    ax_ratios.set_title(f"chosen allocation (sample {sample}, {100 * cost / teacher:.1f} % of the teacher's {unit})")
     ax_ratios.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
