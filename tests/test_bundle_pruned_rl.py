@@ -86,7 +86,9 @@ def test_rl_allocation_writes_a_bundle_with_its_search(
         assert "latency_check" not in report
     else:
         check = report["latency_check"]
-        assert check["backend"] == "onnxruntime" and check["target_ms_measured"] > 0 and check["searched_ms_measured"] > 0
+        assert (
+            check["backend"] == "onnxruntime" and check["target_ms_measured"] > 0 and check["searched_ms_measured"] > 0
+        )
         assert check["searched_vs_target"] == pytest.approx(check["searched_ms_measured"] / check["target_ms_measured"])
         table = json.loads((out / "latency_table_onnxruntime.json").read_text())
         assert table["calibration"]["points"] and table["machine"]["cpu_model"]
