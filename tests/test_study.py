@@ -127,3 +127,61 @@ def test_study_end_to_end_on_phantoms_resumes_after_sigkill(tmp_path: Path) -> N
     for png in ("pareto_dice_vs_macs.png", "per_case_dice.png", "cka_baseline_taylor_50_oneshot.png"):
         assert png in report and (results / png).stat().st_size > 1000
     assert "UPENN-GBM" in report and "CC BY 4.0" in report
+
+
+ALLOCATION_PLAN = REPO / "tests" / "configs" / "study_allocation_tiny.json"
+
+
+def test_allocation_plan_names_each_arm_and_refuses_unknown_allocations(tmp_path: Path) -> None:
+    plan = load_plan(ALLOCATION_PLAN)
+    assert [c.model_id for c in plan.compressed] == [
+        "baseline_taylor_50_oneshot_uniform",
+        "baseline_taylor_50_oneshot_global",
+        "baseline_taylor_50_oneshot_rl",
+        "baseline_taylor_50_oneshot_rl_latency",
+    ]
+    assert plan.compressed[3].label == "baseline taylor 50% oneshot, rl (latency) allocation"
+    raw = json.loads(ALLOCATION_PLAN.read_text())
+    raw["compressed"][0]["allocation"] = "learned"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"plan .*plan\.json: 'compressed\[0\]' allocation must be one of"):
+        load_plan(path)
+    raw["compressed"][0].update(allocation="rl", rl_cost="watts")
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"'compressed\[0\]' rl_cost must be one of"):
+        load_plan(path)
+
+
+@pytest.mark.e2e
+def test_allocation_study_on_phantoms(tmp_path: Path) -> None:
+    from data_prep.synthetic import write_phantom_dataset
+
+    data, workdir, results = tmp_path / "data", tmp_path / "work", tmp_path / "results"
+    write_phantom_dataset(data, 5, seed=1, shape=(32, 32, 16))
+    command = [
+        sys.executable, "-m", "benchmarks.study.allocation", "--data", str(data), "--plan", str(ALLOCATION_PLAN),
+        "--workdir", str(workdir), "--results", str(results),
+    ]  # fmt: skip
+    subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True)
+    out = json.loads((results / "results.json").read_text())
+    models = out["models"]
+    uniform, rl = models["baseline_taylor_50_oneshot_uniform"], models["baseline_taylor_50_oneshot_rl"]
+    for model_id, model in models.items():
+        assert len(model["per_case"]) == 10, model_id  # 5 patients x 2 seeds, each by a model not trained on it
+        assert len(model["per_patient"]) == 5 and all(r["seeds"] == 2 for r in model["per_patient"])
+        assert model["summary"]["wt_dice"]["n"] == 5 and len(model["over_seeds"]["metrics"]["wt_dice"]["per_seed"]) == 2
+    for mine, theirs in zip(rl["per_fold"], uniform["per_fold"]):  # equal MACs by construction, fold by fold
+        assert (mine["seed"], mine["fold"]) == (theirs["seed"], theirs["fold"])
+        assert mine["macs_per_slice"] == pytest.approx(theirs["macs_per_slice"], rel=0.03)
+        assert len(mine["search"]["rewards"]) == 2 and mine["search"]["target"]["allocation"] == "uniform"
+    latency = models["baseline_taylor_50_oneshot_rl_latency"]["per_fold"]
+    assert all(f["search"]["latency_check"]["searched_ms_measured"] > 0 for f in latency)
+    pairs = {(c["model"], c["reference"]) for c in out["comparisons"]}
+    assert ("baseline_taylor_50_oneshot_rl", "baseline_taylor_50_oneshot_uniform") in pairs
+    assert ("baseline_taylor_50_oneshot_global", "baseline_taylor_50_oneshot_uniform") in pairs
+    assert all(c["metrics"]["wt_dice"]["n"] == 5 for c in out["comparisons"])  # paired per patient, not per seed
+    report = (results / "report.md").read_text()
+    for png in ("per_case_dice.png", "search_rewards.png", "chosen_ratios.png"):
+        assert png in report and (results / png).stat().st_size > 1000
+    assert "UPENN-GBM" in report  # the attribution of the real data the study is run on

@@ -11,8 +11,11 @@ Keys (all required unless a default is given):
 - ``bundle_settings``: bundle keys for every training run (``roi_size``, ``slices_per_case``, ``learning_rate``,
   ...); ``cpu_bf16`` may be ``"auto"`` (on where the CPU has native bfloat16 and the machine check finds it
   faster).
-- ``compressed``: list of ``{"method", "ratio", "schedule", "steps" (1), "distillation" (true)}`` of the
-  baseline teacher; ``shared_pruned``: one such entry applied to the shared-depthwise teacher.
+- ``compressed``: list of ``{"method", "ratio", "schedule", "steps" (1), "distillation" (true), "allocation"
+  (the criterion's default), "rl_cost" ("macs")}`` of the baseline teacher; ``shared_pruned``: one such entry
+  applied to the shared-depthwise teacher. ``allocation`` ``rl`` is the learned per-group allocation at the
+  uniform allocation's cost (MACs, or with ``rl_cost`` ``latency`` the latency on ONNX Runtime predicted by the
+  per-layer table); ``search``: ``{"samples", "batches"}`` of every ``rl`` entry (the bundle defaults otherwise).
 - ``narrow_reference``: id of the compressed model whose parameter count the narrow controls match.
 - ``quantize``: model ids exported to ONNX (INT8 calibrated on the fold's training patients);
   ``quantize_formats``: of ``onnx_int8``, ``onnx_fp16`` (default both; FP16 is for GPU execution providers,
@@ -33,6 +36,7 @@ from typing import Any
 
 from raagr2_tools.compression.criteria import METHODS
 from raagr2_tools.compression.schedule import LAYER_GROUPS, SCHEDULES
+from raagr2_tools.compression.settings import ALLOCATION_CHOICES, SEARCH_COSTS
 
 __all__ = ["CompressionSpec", "StudyPlan", "load_plan"]
 
@@ -47,11 +51,24 @@ class CompressionSpec:
     steps: int = 1
     distillation: bool = True
     variant: str = "baseline"
+    allocation: str | None = None
+    rl_cost: str = "macs"
 
     @property
     def model_id(self) -> str:
         kd = "" if self.distillation else "_nokd"
-        return f"{self.variant}_{self.method}_{round(100 * self.ratio)}_{self.schedule}{kd}"
+        allocation = "" if self.allocation is None else f"_{self.allocation}"
+        if self.allocation == "rl" and self.rl_cost != "macs":
+            allocation += f"_{self.rl_cost}"
+        return f"{self.variant}_{self.method}_{round(100 * self.ratio)}_{self.schedule}{kd}{allocation}"
+
+    @property
+    def label(self) -> str:
+        """How the report names the model."""
+        text = f"{self.variant} {self.method} {round(100 * self.ratio)}% {self.schedule}"
+        if self.allocation is not None:
+            text += f", {self.allocation}" + (f" ({self.rl_cost})" if self.allocation == "rl" else "") + " allocation"
+        return text
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class StudyPlan:
     postprocessing: dict[str, dict[str, Any]] = field(default_factory=dict)
     cka: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,7 +105,7 @@ class StudyPlan:
 def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"plan {path}: '{key}' must be an object with method, ratio, schedule")
-    unknown = sorted(set(raw) - {"method", "ratio", "schedule", "steps", "distillation"})
+    unknown = sorted(set(raw) - {"method", "ratio", "schedule", "steps", "distillation", "allocation", "rl_cost"})
     if unknown:
         raise ValueError(f"plan {path}: '{key}' has unknown keys {unknown}")
     spec = CompressionSpec(
@@ -97,7 +115,15 @@ def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
         steps=int(raw.get("steps", 1)),
         distillation=bool(raw.get("distillation", True)),
         variant=variant,
+        allocation=None if raw.get("allocation") is None else str(raw["allocation"]),
+        rl_cost=str(raw.get("rl_cost", "macs")),
     )
+    if spec.allocation is not None and spec.allocation not in ALLOCATION_CHOICES:
+        raise ValueError(
+            f"plan {path}: '{key}' allocation must be one of {ALLOCATION_CHOICES}, got {spec.allocation!r}"
+        )
+    if spec.rl_cost not in SEARCH_COSTS:
+        raise ValueError(f"plan {path}: '{key}' rl_cost must be one of {SEARCH_COSTS}, got {spec.rl_cost!r}")
     if spec.method not in METHODS or spec.method == "snip":
         raise ValueError(f"plan {path}: '{key}' method {spec.method!r} is not a structured criterion of {METHODS}")
     if not 0 < spec.ratio < 1:
@@ -150,6 +176,7 @@ def load_plan(path: str | Path) -> StudyPlan:
         postprocessing=dict(raw.get("postprocessing", {})),
         cka=dict(raw.get("cka", {})),
         latency=dict(raw.get("latency", {})),
+        search=dict(raw.get("search", {})),
         source=str(path),
     )
     ids = {c.model_id for c in compressed}

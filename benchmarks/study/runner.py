@@ -345,6 +345,7 @@ class Study:
             "iterative_steps": spec.steps,
             "epochs": self.plan.finetune_epochs // spec.steps,
             "distillation": spec.distillation,
+            **self._allocation_overrides(spec),
             "onnx_check": False,
             "measure_latency": False,
             "eval_split": "report",  # empty: the study scores the compressed models with every other model
@@ -358,6 +359,19 @@ class Study:
             "ckpt": str(bundle / "models" / "model.pt"),
             "epochs": self.plan.finetune_epochs,
         }
+
+    def _allocation_overrides(self, spec: CompressionSpec) -> dict[str, Any]:
+        """The bundle keys of ``spec``'s allocation: none for the criterion's default; for ``rl`` the plan's search
+        budget and one latency table per study (the same architecture, input size, backend and CPU in every fold)."""
+        if spec.allocation is None:
+            return {}
+        keys: dict[str, Any] = {"allocation": spec.allocation}
+        if spec.allocation == "rl":
+            search = self.plan.search
+            keys.update({f"rl_{k}": search[k] for k in ("samples", "batches") if k in search})
+            keys["rl_cost"] = spec.rl_cost
+            keys["latency_table"] = str(self.workdir / "latency_table_onnxruntime.json")
+        return keys
 
     # ------------------------------------------------------------------------------------------------------
     # models in this process
@@ -629,9 +643,7 @@ class Study:
                 if model_id.startswith("control")
                 else "compressed"
             )
-            label = LABELS.get(model_id) or (
-                f"{spec.variant} {spec.method} {round(100 * spec.ratio)}% {spec.schedule}" if spec else model_id
-            )
+            label = LABELS.get(model_id) or (spec.label if spec else model_id)
             if entry.get("format"):
                 base_id = model_id.rsplit("_onnx_", 1)[0]
                 label = f"{LABELS.get(base_id, base_id)}, ONNX {entry['format'].split('_')[-1].upper()} (shipped mode)"

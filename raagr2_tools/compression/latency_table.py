@@ -28,6 +28,7 @@ import logging
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -363,7 +364,8 @@ def measure_network_ms(
     from raagr2_tools.shipping.onnx import export_onnx
 
     net = deployed(network).cpu().eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the network's shape check, traced as a constant
         path = export_onnx(net, Path(tmp) / "net.onnx", tuple(example_shape), exporter="torchscript")
         return time_onnx_ms(backend, path.read_bytes(), tuple(example_shape), repeats, sessions=sessions)
 
