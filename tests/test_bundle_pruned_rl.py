@@ -116,3 +116,6 @@ def test_bad_search_keys_name_the_key() -> None:
         PruningSettings(method="taylor", ratio=0.3, allocation="rl", rl_cost="latency", latency_backend="tensorrt")
     with pytest.raises(ValueError, match="config key allocation"):
         PruningSettings(method="taylor", ratio=0.3, allocation="learned")
+    with pytest.raises(ValueError, match=r"config key max_layer_ratio: 0.5 caps every group below ratio 0.6"):
+        PruningSettings(method="taylor", ratio=0.6, allocation="rl", max_layer_ratio=0.5)
+    PruningSettings(method="taylor", ratio=0.6, allocation="global", max_layer_ratio=0.5)  # a cap per step there

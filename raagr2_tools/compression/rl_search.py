@@ -229,7 +229,8 @@ class AllocationSearch:
                 f"target cost {self.target_cost:.4g} {unit} "
                 f"({self.target_cost / self.teacher_cost:.1%} of the teacher's) is below the smallest reachable "
                 f"with every group at max_ratio {settings.max_ratio}: "
-                f"{smallest:.4g} {unit} ({smallest / self.teacher_cost:.1%}); raise max_ratio or the target"
+                f"{smallest:.4g} {unit} ({smallest / self.teacher_cost:.1%}); raise max_ratio (the bundle key "
+                "max_layer_ratio) or the target"
             )
 
     @property

@@ -92,6 +92,12 @@ class PruningSettings:
             raise ValueError(f"config key latency_backend: must be one of {BACKENDS}, got {self.latency_backend!r}")
         if self.allocation == "rl":
             importance_factory(self.criterion)  # refuses criteria the search cannot rank candidates with
+            if float(self.ratio) > float(self.max_layer_ratio):
+                raise ValueError(
+                    f"config key max_layer_ratio: {self.max_layer_ratio} caps every group below ratio {self.ratio}, so "
+                    "no learned allocation can reach the uniform allocation's cost at that ratio (its target); set "
+                    "max_layer_ratio >= ratio"
+                )
             if int(self.rl_samples) < 1 or int(self.rl_batches) < 1:
                 raise ValueError("config keys rl_samples and rl_batches: must be >= 1")
         for key in ("rl_samples", "rl_batches", "rl_seed"):
