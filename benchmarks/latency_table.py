@@ -17,8 +17,10 @@ ratio to the teacher: the table's ``predicted / predicted teacher`` against ``me
 same round`` (median over rounds). That is the quantity the search uses: it compares candidates with the uniform
 allocation through the same table. Reported per network: measured milliseconds (median, min, max over rounds),
 the measured and predicted ratios to the teacher, the table's error and, for comparison, the error of predicting
-the ratio by MACs alone. Writes the JSON (with the machine) and a PNG beside it; prints a Markdown table. Weights
-are random: latency does not depend on their values.
+the ratio by MACs alone. A width sweep of one conv alone (3x3, 32x32 input, ``c -> c`` channels for c from 96
+to 128, ``--rounds`` sessions) shows why the table keeps exact widths instead of interpolating. Writes the JSON
+(with the machine) and a PNG beside it; prints a Markdown table. Weights are random: latency does not depend on
+their values.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch_pruning as tp
 from custom_modules.files import write_json
 from custom_modules.networks import RAAGR2Net
 from raagr2_tools.compression import PruningStep, StructuredPruner
-from raagr2_tools.compression.latency_table import BACKENDS, LatencyTable, measure_network_ms
+from raagr2_tools.compression.latency_table import BACKENDS, LatencyTable, conv_model, measure_network_ms, time_onnx_ms
 from raagr2_tools.compression.rl_search import AllocationSearch, MacsCost, SearchSettings, prunable_copy
 from raagr2_tools.reports.tables import markdown_table
 
@@ -85,6 +87,27 @@ def candidates(network: torch.nn.Module, shape: tuple[int, ...], random: int, se
     return out
 
 
+SWEEP_CONV = {
+    "groups": 1,
+    "kernel": [3, 3],
+    "stride": [1, 1],
+    "padding": [1, 1],
+    "dilation": [1, 1],
+    "input_hw": [32, 32],
+}
+SWEEP_WIDTHS = range(96, 129)
+
+
+def width_sweep(backend: str, rounds: int) -> dict[str, Any]:
+    """Milliseconds of one 3x3 conv alone on a 32x32 input at every width ``c -> c`` of :data:`SWEEP_WIDTHS`
+    (median over ``rounds`` sessions of 20 runs each)."""
+    ms = {}
+    for width in SWEEP_WIDTHS:
+        model = conv_model(SWEEP_CONV, width, width)
+        ms[str(width)] = time_onnx_ms(backend, model, (1, width, 32, 32), 20, sessions=rounds)
+    return {"conv": SWEEP_CONV, "channels_in_equals_out": True, "ms": ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds[n["name"]].append(measure_network_ms(n["net"], shape, args.backend))
         print(f"round {r + 1}/{args.rounds} measured", flush=True)
     table.save()
+    sweep = width_sweep(args.backend, args.rounds)
     predicted_teacher = table.predict_ms(teacher)
     rows = []
     for n in nets:
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "measurement": "per round: median over 5 fresh sessions of the median of 20 runs (2 warm-up runs each)",
         "networks": rows,
         "summary": summary,
+        "width_sweep": sweep,
         "machine": machine_description("cpu"),
     }
     write_json(args.json, result, indent=2)

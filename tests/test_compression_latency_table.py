@@ -18,11 +18,11 @@ from raagr2_tools.compression import PruningStep, StructuredPruner
 from raagr2_tools.compression.latency_table import (
     LatencyTable,
     conv_layers,
+    conv_model,
     measure_network_ms,
     time_onnx_ms,
     uniform_pruned,
 )
-from raagr2_tools.compression.latency_table import _conv_model as conv_model
 from raagr2_tools.compression.rl_search import AllocationSearch, LatencyCost, SearchSettings, uniform_cost
 
 TINY_NET = dict(features=(4, 8, 16, 32, 64), out_channels=3, sigmoid=False)

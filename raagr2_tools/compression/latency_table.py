@@ -45,6 +45,7 @@ __all__ = [
     "BACKENDS",
     "LatencyTable",
     "conv_layers",
+    "conv_model",
     "measure_network_ms",
     "time_onnx_ms",
 ]
@@ -99,7 +100,7 @@ def time_onnx_ms(
     return 1000.0 * statistics.median(medians)
 
 
-def _conv_model(conv: dict[str, Any], in_channels: int, out_channels: int) -> bytes:
+def conv_model(conv: dict[str, Any], in_channels: int, out_channels: int) -> bytes:
     """A one-node ONNX graph: ``Conv`` as ``conv`` describes it, with ``in_channels`` -> ``out_channels``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -284,7 +285,7 @@ class LatencyTable:
         layer = self.layers[name]
         key = f"{in_channels}x{out_channels}g{groups}"
         if key not in layer["ms"]:
-            model = _conv_model({**layer, "groups": groups}, in_channels, out_channels)
+            model = conv_model({**layer, "groups": groups}, in_channels, out_channels)
             shape = (1, in_channels, *layer["input_hw"])
             layer["ms"][key] = time_onnx_ms(self.backend, model, shape, int(self.record["repeats"]))
             self.new_entries += 1
