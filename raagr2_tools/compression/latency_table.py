@@ -6,8 +6,8 @@ grouped convs merged, :func:`custom_modules.networks.pruned.structure.merge_spli
 one-node ONNX graph (``Conv`` with its kernel, stride, padding, dilation and groups, on its own input size at
 ``example_shape``) on the chosen backend, at the exact input and output widths a candidate gives it. Entries are
 measured the first time a width is asked for and kept in the table (and its file): CPU convolution time is far from
-smooth in the channel count (on the AVX-512 EPYC this was built on, a 3x3 conv on 32x32 took 0.47 ms with 112
-channels, 0.56 ms with 109 and 0.75 ms with 127, more than with 128), so no grid with interpolation could predict it.
+smooth in the channel count (``benchmarks/latency_table.py`` sweeps one conv's width: on the AVX-512 EPYC this was
+built on, some widths below 128 ran slower than 128), so no grid with interpolation could predict it.
 A candidate's time is then
 
     predicted_ms = sum over convs of calls * t_conv(kept_in, kept_out) + b * kept_activations
