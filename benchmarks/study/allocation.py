@@ -232,6 +232,37 @@ def aggregate(study: Study, per_model: dict[str, dict[str, Any]], specs: dict[st
     }
 
 
+def verdicts(results: dict[str, Any]) -> list[str]:
+    """One sentence per comparison, read off its Dice deltas and CIs: a region counts as better (worse) only where
+    the whole 95 % CI of the paired difference lies above (below) zero."""
+    models = results["models"]
+    out = []
+    for c in results["comparisons"]:
+        better, worse, parts = [], [], []
+        for r in REGION_DISPLAY_ORDER:
+            d = c["metrics"][f"{r}_dice"]
+            low, high = d["ci"]["low"], d["ci"]["high"]
+            parts.append(f"{r.upper()} {100 * d['delta_mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]")
+            if low is not None and low > 0:
+                better.append(r.upper())
+            elif high is not None and high < 0:
+                worse.append(r.upper())
+        if better and not worse:
+            call = f"better on {', '.join(better)}"
+        elif worse and not better:
+            call = f"worse on {', '.join(worse)}"
+        elif better and worse:
+            call = f"better on {', '.join(better)}, worse on {', '.join(worse)}"
+        else:
+            call = "no difference shown (every CI includes 0)"
+        n = c["metrics"]["wt_dice"]["n"]
+        out.append(
+            f"**{models[c['model']]['label']}** against {models[c['reference']]['label']}: {call}; Dice points "
+            f"{'; '.join(parts)} (n = {n} patients)."
+        )
+    return out
+
+
 def render_report(results: dict[str, Any]) -> str:
     """The study's Markdown report (tables and links to the figures beside it)."""
     models = results["models"]
@@ -297,7 +328,14 @@ def render_report(results: dict[str, Any]) -> str:
                     str(d["n"]),
                 ]
             )
-    lines += ["## Paired comparisons\n", markdown_table(header, rows)]
+    lines += ["## Paired comparisons\n", markdown_table(header, rows), "## What it shows\n"]
+    lines += [f"- {v}" for v in verdicts(results)]
+    if results["comparisons"]:
+        n = results["comparisons"][0]["metrics"]["wt_dice"]["n"]
+        lines.append(
+            f"\nWith {n} patients the smallest two-sided exact Wilcoxon p is {2.0 ** (1 - n):.4g}; the CIs are "
+            "percentile bootstrap intervals over the patients.\n"
+        )
     header = [
         "model",
         "seed",
