@@ -119,3 +119,36 @@ def test_bad_search_keys_name_the_key() -> None:
     with pytest.raises(ValueError, match=r"config key max_layer_ratio: 0.5 caps every group below ratio 0.6"):
         PruningSettings(method="taylor", ratio=0.6, allocation="rl", max_layer_ratio=0.5)
     PruningSettings(method="taylor", ratio=0.6, allocation="global", max_layer_ratio=0.5)  # a cap per step there
+
+
+@pytest.mark.e2e
+def test_global_allocation_at_equal_macs(phantom_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    dataset_dir, datalist = phantom_dataset
+    teacher_path, teacher = _teacher(tmp_path / "teacher.pt", "none")
+    out = tmp_path / "compressed"
+    overrides = {
+        **TINY,
+        "bundle_root": PRUNED,
+        "dataset_dir": dataset_dir,
+        "data_list_file_path": datalist,
+        "teacher_ckpt": teacher_path,
+        "output_dir": out,
+        "method": "magnitude_l2",
+        "ratio": RATIO,
+        "allocation": "global",
+        "equal_macs": True,
+        "epochs": 1,
+        "measure_latency": False,
+    }
+    run_bundle(COMPRESS, "compress", overrides)
+    report = json.loads((out / "raagr2_pruned_magnitude_l2_40" / "docs" / "compression_report.json").read_text())
+    matched = report["matched_global"]
+    assert report["allocation"] == "global" and report["equal_macs"] is True and matched["uniform_ratio"] == RATIO
+    uniform = _uniform_macs(teacher, tuple(report["input_shape"]))
+    assert matched["target_cost"] == pytest.approx(uniform)
+    assert report["complexity"]["pruned"]["flops"] / 2 == pytest.approx(uniform, rel=0.02)  # data-free: as searched
+    markdown = (out / "raagr2_pruned_magnitude_l2_40" / "docs" / "compression_report.md").read_text()
+    assert "global ratio at equal MACs" in markdown
+    with pytest.raises(ValueError, match="config key equal_macs"):
+        PruningSettings(method="taylor", ratio=0.3, allocation="uniform", equal_macs=True)

@@ -136,7 +136,7 @@ def test_allocation_plan_names_each_arm_and_refuses_unknown_allocations(tmp_path
     plan = load_plan(ALLOCATION_PLAN)
     assert [c.model_id for c in plan.compressed] == [
         "baseline_taylor_50_oneshot_uniform",
-        "baseline_taylor_50_oneshot_global",
+        "baseline_taylor_50_oneshot_global_equal_macs",
         "baseline_taylor_50_oneshot_rl",
         "baseline_taylor_50_oneshot_rl_latency",
     ]
@@ -179,7 +179,7 @@ def test_allocation_study_on_phantoms(tmp_path: Path) -> None:
     assert all(f["search"]["latency_check"]["searched_ms_measured"] > 0 for f in latency)
     pairs = {(c["model"], c["reference"]) for c in out["comparisons"]}
     assert ("baseline_taylor_50_oneshot_rl", "baseline_taylor_50_oneshot_uniform") in pairs
-    assert ("baseline_taylor_50_oneshot_global", "baseline_taylor_50_oneshot_uniform") in pairs
+    assert ("baseline_taylor_50_oneshot_global_equal_macs", "baseline_taylor_50_oneshot_uniform") in pairs
     assert all(c["metrics"]["wt_dice"]["n"] == 5 for c in out["comparisons"])  # paired per patient, not per seed
     report = (results / "report.md").read_text()
     for png in ("per_case_dice.png", "search_rewards.png", "chosen_ratios.png"):

@@ -137,7 +137,7 @@ def run_allocation_study(
 
 
 def _pairs(specs: dict[str, CompressionSpec]) -> list[tuple[str, str]]:
-    by = {spec.allocation: model_id for model_id, spec in specs.items() if spec.rl_cost == "macs"}
+    by = {spec.allocation: model_id for model_id, spec in specs.items() if spec.rl_cost == "macs"}  # one per kind
     learned = [model_id for model_id, spec in specs.items() if spec.allocation == "rl"]
     pairs = [(m, by[ref]) for m in learned for ref in ("uniform", "global") if ref in by]
     if "global" in by and "uniform" in by:
@@ -219,7 +219,8 @@ def aggregate(study: Study, per_model: dict[str, dict[str, Any]], specs: dict[st
             "teacher_epochs": plan.teacher_epochs,
             "finetune_epochs_every_arm": plan.finetune_epochs,
             "equal_cost": "the rl arms are scaled to the uniform allocation's cost at the same ratio (MACs, or the "
-            "latency predicted by the per-layer ONNX Runtime table); global removes the same number of channels",
+            "latency predicted by the per-layer ONNX Runtime table); the global arm's ratio is scaled to the uniform "
+            "allocation's MACs (equal_macs)",
             "scored": "the delivered label map read back as regions (WT = 1|2|4, TC = 1|4, ET = 4), per patient never "
             "trained on",
             "hd95_definition": study.hd95,

@@ -15,7 +15,8 @@ Keys (all required unless a default is given):
   (the criterion's default), "rl_cost" ("macs")}`` of the baseline teacher; ``shared_pruned``: one such entry
   applied to the shared-depthwise teacher. ``allocation`` ``rl`` is the learned per-group allocation at the
   uniform allocation's cost (MACs, or with ``rl_cost`` ``latency`` the latency on ONNX Runtime predicted by the
-  per-layer table); ``search``: ``{"samples", "batches"}`` of every ``rl`` entry (the bundle defaults otherwise).
+  per-layer table); ``equal_macs`` (``global`` only) scales the global ratio to the uniform allocation's MACs;
+  ``search``: ``{"samples", "batches"}`` of every ``rl`` entry (the bundle defaults otherwise).
 - ``narrow_reference``: id of the compressed model whose parameter count the narrow controls match.
 - ``quantize``: model ids exported to ONNX (INT8 calibrated on the fold's training patients);
   ``quantize_formats``: of ``onnx_int8``, ``onnx_fp16`` (default both; FP16 is for GPU execution providers,
@@ -53,6 +54,7 @@ class CompressionSpec:
     variant: str = "baseline"
     allocation: str | None = None
     rl_cost: str = "macs"
+    equal_macs: bool = False
 
     @property
     def model_id(self) -> str:
@@ -60,6 +62,8 @@ class CompressionSpec:
         allocation = "" if self.allocation is None else f"_{self.allocation}"
         if self.allocation == "rl" and self.rl_cost != "macs":
             allocation += f"_{self.rl_cost}"
+        if self.equal_macs:
+            allocation += "_equal_macs"
         return f"{self.variant}_{self.method}_{round(100 * self.ratio)}_{self.schedule}{kd}{allocation}"
 
     @property
@@ -67,7 +71,8 @@ class CompressionSpec:
         """How the report names the model."""
         text = f"{self.variant} {self.method} {round(100 * self.ratio)}% {self.schedule}"
         if self.allocation is not None:
-            text += f", {self.allocation}" + (f" ({self.rl_cost})" if self.allocation == "rl" else "") + " allocation"
+            detail = f" ({self.rl_cost})" if self.allocation == "rl" else " (equal MACs)" if self.equal_macs else ""
+            text += f", {self.allocation}{detail} allocation"
         return text
 
 
@@ -105,7 +110,8 @@ class StudyPlan:
 def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"plan {path}: '{key}' must be an object with method, ratio, schedule")
-    unknown = sorted(set(raw) - {"method", "ratio", "schedule", "steps", "distillation", "allocation", "rl_cost"})
+    known = {"method", "ratio", "schedule", "steps", "distillation", "allocation", "rl_cost", "equal_macs"}
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"plan {path}: '{key}' has unknown keys {unknown}")
     spec = CompressionSpec(
@@ -117,6 +123,7 @@ def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
         variant=variant,
         allocation=None if raw.get("allocation") is None else str(raw["allocation"]),
         rl_cost=str(raw.get("rl_cost", "macs")),
+        equal_macs=bool(raw.get("equal_macs", False)),
     )
     if spec.allocation is not None and spec.allocation not in ALLOCATION_CHOICES:
         raise ValueError(

@@ -366,6 +366,8 @@ class Study:
         if spec.allocation is None:
             return {}
         keys: dict[str, Any] = {"allocation": spec.allocation}
+        if spec.equal_macs:
+            keys["equal_macs"] = True
         if spec.allocation == "rl":
             search = self.plan.search
             keys.update({f"rl_{k}": search[k] for k in ("samples", "batches") if k in search})

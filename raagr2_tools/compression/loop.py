@@ -50,7 +50,7 @@ from .engine import PruningCheckError, StructuredPruner
 from .hooks import TrainingHooks
 from .latency_table import LatencyTable, measure_network_ms, uniform_pruned
 from .progress import ProgressStore
-from .rl_search import AllocationSearch, LatencyCost, MacsCost, SearchSettings, uniform_cost
+from .rl_search import AllocationSearch, LatencyCost, MacsCost, SearchSettings, global_ratio_at_cost, uniform_cost
 from .schedule import LAYER_GROUPS, make_schedule
 from .settings import FineTuneSettings, PruningSettings
 from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
@@ -311,6 +311,23 @@ class CompressionLoop:
         self._save(record)
         return dict(result["chosen"]["ratios"])
 
+    def _matched_global_ratio(self, record: dict[str, Any]) -> float:
+        """``equal_macs``: the global allocation's ratio at which the teacher, pruned in one step, has the MACs of the
+        uniform allocation at ``ratio``; found once, recorded (``matched_global``) and reused when the run resumes."""
+        if "matched_global" not in record:
+            p = self.pruning
+            scoring = self.callbacks.scoring_batches(p.scoring_batches) if self.criterion.needs_batches else []
+            factory = importance_factory(self.criterion, scoring, self.task_loss)
+            options = {"example_shape": p.example_shape, "round_to": p.round_to}
+            target = uniform_cost(self.teacher, p.ratio, MacsCost(), **options)
+            match = global_ratio_at_cost(self.teacher, target, factory, max_layer_ratio=p.max_layer_ratio, **options)
+            logger.info(
+                f"equal MACs: the global allocation at ratio {match['ratio']:.4f} has {match['cost']:.4g} MACs, the "
+                f"uniform allocation at {p.ratio} {target:.4g}"
+            )
+            record["matched_global"] = {**match, "uniform_ratio": p.ratio, "unit": "MACs"}
+        return float(record["matched_global"]["ratio"])
+
     def _save(self, record: Mapping[str, Any], masks: Mapping[str, Tensor] | None = None) -> None:
         if self.store is not None:
             self.store.save(record, self.network, masks)
@@ -322,7 +339,8 @@ class CompressionLoop:
     # ------------------------------------------------------------------------------------------------------
     def _prune_structured(self, pruner: StructuredPruner, record: dict[str, Any]) -> None:
         p, criterion = self.pruning, self.criterion
-        steps = make_schedule(p.schedule, p.ratio, p.iterative_steps)
+        ratio = self._matched_global_ratio(record) if p.equal_macs else p.ratio
+        steps = make_schedule(p.schedule, ratio, p.iterative_steps)
         importance_class = pruner_class(criterion)
         for i, step in enumerate(steps):
             if i < record["done"]:

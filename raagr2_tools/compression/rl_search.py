@@ -52,6 +52,7 @@ __all__ = [
     "MacsCost",
     "SearchSettings",
     "UnreachableTargetError",
+    "global_ratio_at_cost",
     "mask_agreement",
     "uniform_cost",
 ]
@@ -175,6 +176,53 @@ def uniform_cost(
     if ratio > 0:
         _quiet_step(pruner, tp.importance.GroupMagnitudeImportance(p=2), float(ratio))
     return float(cost(pruner))
+
+
+def global_ratio_at_cost(
+    network: nn.Module,
+    target_cost: float,
+    importance: Callable[[nn.Module], tp.importance.Importance],
+    cost: Callable[[StructuredPruner], float] | None = None,
+    max_layer_ratio: float = 0.8,
+    tolerance: float = 0.01,
+    **pruner_options: Any,
+) -> dict[str, Any]:
+    """The ratio of the ``global`` allocation at which ``network`` pruned in one step (channels ranked by
+    ``importance`` across layers, no layer losing more than ``max_layer_ratio``) costs ``target_cost``, by bisection
+    (the cost falls as the ratio grows). Returns ``{"ratio", "cost", "target_cost", "iterations"}``.
+
+    Raises:
+        UnreachableTargetError: even the largest ratio the per-layer cap allows costs more than the target.
+    """
+    cost = cost if cost is not None else MacsCost()
+    options = {"onnx_check": False, **pruner_options}
+
+    def cost_at(ratio: float) -> float:
+        pruner = StructuredPruner(
+            prunable_copy(network), allocation="global", max_layer_ratio=max_layer_ratio, **options
+        )
+        if ratio > 0:
+            _quiet_step(pruner, importance(pruner.network), ratio)
+        return float(cost(pruner))
+
+    low, high = 0.0, float(max_layer_ratio)
+    at_high = cost_at(high)
+    if at_high > target_cost * (1 + tolerance):
+        raise UnreachableTargetError(
+            f"the global allocation costs {at_high:.4g} even at ratio {high} (the per-layer cap max_layer_ratio), "
+            f"above the target {target_cost:.4g}; raise max_layer_ratio"
+        )
+    best = (high, at_high)
+    for iteration in range(1, 25):
+        mid = 0.5 * (low + high)
+        value = cost_at(mid)
+        if abs(value - target_cost) <= tolerance * target_cost:
+            return {"ratio": mid, "cost": value, "target_cost": float(target_cost), "iterations": iteration}
+        if value > target_cost:
+            low = mid
+        else:
+            high, best = mid, (mid, value)
+    return {"ratio": best[0], "cost": best[1], "target_cost": float(target_cost), "iterations": 24}
 
 
 class AllocationSearch:

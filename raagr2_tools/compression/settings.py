@@ -59,6 +59,9 @@ class PruningSettings:
         rl_cost: ``macs`` or ``latency`` (:data:`SEARCH_COSTS`): the cost every candidate is scaled to.
         rl_seed: seed of the search's draws.
         latency_backend: backend of the latency cost (:data:`.latency_table.BACKENDS`).
+        equal_macs: ``global`` only: scale the global ratio so that the pruned teacher has the MACs of the uniform
+            allocation at ``ratio`` (found on the teacher before the first step); without it the global allocation
+            removes ``ratio`` of all channels, wherever they are.
     """
 
     method: str
@@ -78,6 +81,7 @@ class PruningSettings:
     rl_cost: str = "macs"
     rl_seed: int = 0
     latency_backend: str = "onnxruntime"
+    equal_macs: bool = False
 
     def __post_init__(self) -> None:
         get_criterion(self.method)
@@ -100,6 +104,12 @@ class PruningSettings:
                 )
             if int(self.rl_samples) < 1 or int(self.rl_batches) < 1:
                 raise ValueError("config keys rl_samples and rl_batches: must be >= 1")
+        if self.equal_macs and self.resolved_allocation != "global":
+            raise ValueError(
+                f"config key equal_macs: only the global allocation needs it (uniform is the reference cost and rl "
+                f"is searched at it), the allocation here is {self.resolved_allocation!r}"
+            )
+        object.__setattr__(self, "equal_macs", bool(self.equal_macs))
         for key in ("rl_samples", "rl_batches", "rl_seed"):
             object.__setattr__(self, key, int(getattr(self, key)))
         object.__setattr__(self, "ratio", float(self.ratio))

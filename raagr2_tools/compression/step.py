@@ -263,6 +263,7 @@ class CompressionStep:
             "ratio": p.ratio,
             "schedule": p.schedule,
             "allocation": p.resolved_allocation,
+            "equal_macs": p.equal_macs,
             "variant": self.variant,
             "teacher": self.teacher_ckpt,
         }
@@ -338,6 +339,8 @@ class CompressionStep:
                 report[key] = outcome.measurements[key]
         if record.get("allocation_search") is not None:
             report["allocation_search"] = record["allocation_search"]
+        if record.get("matched_global") is not None:
+            report["matched_global"] = record["matched_global"]
         stages = {
             "teacher": record["teacher_eval"],
             "pruned_before_finetune": record["before_finetune"],

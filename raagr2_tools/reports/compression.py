@@ -105,6 +105,13 @@ def _settings(report: Mapping[str, Any]) -> str:
         ("pruning ratio", _fmt(report.get("ratio"), ".2f")),
         ("schedule", str(report.get("schedule", NA))),
         ("allocation", str(report.get("allocation", NA))),
+    ]
+    matched = report.get("matched_global")
+    if isinstance(matched, Mapping):
+        uniform = _fmt(matched.get("uniform_ratio"), "g")
+        value = f"{_fmt(matched.get('ratio'), '.4f')} (the uniform allocation's MACs at {uniform})"
+        rows.append(("global ratio at equal MACs", value))
+    rows += [
         ("variant", str(report.get("variant", NA))),
         ("teacher checkpoint", f"`{teacher}`" if teacher else NA),
     ]
