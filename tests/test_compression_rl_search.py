@@ -85,7 +85,10 @@ def test_search_keeps_the_cost_and_its_choice_builds_and_exports(sharing: str, b
         assert all(0.0 <= r <= settings.max_ratio for r in sample["ratios"].values())
         assert 0.0 <= sample["reward"] <= 1.0
     assert len({s["reward"] for s in record["samples"]}) > 1 and any(record["policy_logits"])  # it learns
-    assert record["chosen"]["reward"] == max(s["reward"] for s in record["samples"])
+    best = max([s["reward"] for s in record["samples"]] + [record["reference"]["reward"]])
+    assert record["chosen"]["reward"] == best
+    assert set(record["reference"]["ratios"].values()) == {record["reference"]["ratios"][search.groups[0]]}  # uniform
+    assert record["chosen_is_reference"] == (best == record["reference"]["reward"])
     assert json.loads((tmp_path / "rl.json").read_text())["chosen"] == record["chosen"]
     figure = plot_allocation_search(record, tmp_path / "search.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000

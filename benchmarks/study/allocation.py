@@ -74,6 +74,8 @@ def _search_summary(bundle_dir: str) -> dict[str, Any] | None:
         return None
     return {
         "rewards": [s["reward"] for s in search["samples"]],
+        "uniform_reward": search["reference"]["reward"],
+        "chosen_is_uniform": bool(search.get("chosen_is_reference")),
         "chosen": search["chosen"],
         "target": search.get("target"),
         "cost": {k: v for k, v in search["cost"].items() if k != "calibration"},
@@ -358,8 +360,9 @@ def render_report(results: dict[str, Any]) -> str:
                     model["label"],
                     str(f["seed"]),
                     str(f["fold"]),
-                    f"{search['chosen']['reward']:.4f}",
-                    f"{search['rewards'][0]:.4f}",
+                    f"{search['uniform_reward']:.4f}",
+                    f"{max(search['rewards']):.4f}",
+                    "uniform" if search["chosen_is_uniform"] else f"sample {search['chosen']['index'] + 1}",
                     f"{search['chosen']['cost'] / search['target']['cost']:.3f}",
                     f"{check['searched_vs_target']:.3f}" if check else "n/a (MACs)",
                 ]
@@ -407,10 +410,11 @@ def plot_searches(results: dict[str, Any], rewards_path: Path, ratios_path: Path
             ax.plot(range(1, len(rewards) + 1), rewards, ".", ms=3, alpha=0.5)
             label = f"{model['rl_cost']}, seed {f['seed']} fold {f['fold']} (best so far)"
             ax.plot(range(1, len(best) + 1), best, "-", lw=1, label=label)
-    ax.set_xlabel("sample")
+            ax.plot([0], [f["search"]["uniform_reward"]], "k*", ms=5)
+    ax.set_xlabel("sample (0, star: the uniform allocation at the target)")
     ax.set_ylabel("reward (teacher mask agreement)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=5)
     rewards_figure = save_figure(fig, rewards_path)
     fig, ax = new_figure((12, 4))
     for k, model in enumerate(learned.values()):

@@ -17,9 +17,12 @@ between their thresholded masks). Inside each group the channels are chosen by t
 the bisection itself prunes by L2 magnitude, since the channel counts, and so the cost, do not depend on which
 channels go.
 
-Update: REINFORCE with a baseline, ``mu += lr * (R - b) * eps / sigma`` after each sample, ``b`` an exponential
-moving average of the rewards (``baseline_decay``), the first reward its start. The chosen allocation is the
-sample with the highest reward. Each sample's draw comes from ``numpy.random.default_rng([seed, index])``, and
+Before the first sample the uniform allocation at the target (every group the same ratio) is scored: it is the
+``reference`` the search has to beat and the baseline's start. Update: REINFORCE with a baseline,
+``mu += lr * (R - b) * eps / sigma`` after each sample, ``b`` an exponential moving average of the rewards
+(``baseline_decay``). The chosen allocation is the sample with the highest reward if it beats the reference, else
+the reference itself (``chosen_is_reference``): the search never hands on an allocation that agrees with the teacher
+less than the uniform one. Each sample's draw comes from ``numpy.random.default_rng([seed, index])``, and
 pruning and scoring are deterministic on the CPU, so a run is reproducible for a seed and a killed run resumes from
 its record (written atomically after every sample) with the same result.
 """
@@ -354,12 +357,23 @@ class AllocationSearch:
         return record
 
     def run(self) -> dict[str, Any]:
-        """Draw, score and learn from ``settings.samples`` allocations; returns the search record (JSON-ready) with
-        ``chosen`` (the best sample: ``ratios`` per group, ``cost``, ``reward``)."""
+        """Score the uniform allocation at the target (``reference``), then draw, score and learn from
+        ``settings.samples`` allocations; returns the search record (JSON-ready) with ``chosen``: the best sample
+        (``ratios`` per group, ``cost``, ``reward``), or the reference (``index`` -1, ``chosen_is_reference``) when
+        no sample beat it."""
         s = self.settings
         record = self._load()
+        if "reference" not in record:  # the uniform allocation at the target: the starting point to beat
+            _, ratios, cost = self.fit_scale(np.full(len(self.groups), 0.5))
+            record["reference"] = {
+                "allocation": "uniform",
+                "ratios": ratios,
+                "cost": cost,
+                "reward": self.reward(ratios),
+            }
+            self.progress(f"rl search: the uniform allocation at the target scores {record['reference']['reward']:.4f}")
         mu = np.zeros(len(self.groups))  # replay the updates of the samples already scored
-        baseline = None
+        baseline = float(record["reference"]["reward"])
         for sample in record["samples"]:
             mu, baseline = self._update(mu, baseline, np.asarray(sample["eps"]), sample["reward"])
         for index in range(len(record["samples"]), s.samples):
@@ -392,15 +406,17 @@ class AllocationSearch:
             if self.record_path is not None:
                 write_json(self.record_path, record)
         best = max(record["samples"], key=lambda r: r["reward"])
-        record["chosen"] = {k: best[k] for k in ("index", "ratios", "cost", "reward")}
+        if best["reward"] > record["reference"]["reward"]:
+            record["chosen"] = {k: best[k] for k in ("index", "ratios", "cost", "reward")}
+        else:  # no sample beat the uniform allocation: keep it
+            record["chosen"] = {"index": -1, **{k: record["reference"][k] for k in ("ratios", "cost", "reward")}}
+        record["chosen_is_reference"] = record["chosen"]["index"] == -1
         record["policy_logits"] = mu.tolist()
         if self.record_path is not None:
             write_json(self.record_path, record)
         return record
 
-    def _update(self, mu: np.ndarray, baseline: float | None, eps: np.ndarray, reward: float):
+    def _update(self, mu: np.ndarray, baseline: float, eps: np.ndarray, reward: float):
         s = self.settings
-        base = reward if baseline is None else baseline
-        mu = mu + s.learning_rate * (reward - base) * eps / s.sigma
-        baseline = reward if baseline is None else s.baseline_decay * baseline + (1 - s.baseline_decay) * reward
-        return mu, baseline
+        mu = mu + s.learning_rate * (reward - baseline) * eps / s.sigma
+        return mu, s.baseline_decay * baseline + (1 - s.baseline_decay) * reward

@@ -269,7 +269,13 @@ def _allocation_search(search: Mapping[str, Any], latency: Mapping[str, Any] | N
             "reward (teacher mask agreement), first / best",
             f"{_fmt(rewards[0] if rewards else None, '.4f')} / {_fmt(max(rewards) if rewards else None, '.4f')}",
         ),
-        ("chosen sample", _int(int(chosen.get("index", -1)) + 1)),
+        ("reward of the uniform allocation at the target", _fmt((search.get("reference") or {}).get("reward"), ".4f")),
+        (
+            "chosen",
+            f"sample {int(chosen['index']) + 1}"
+            if int(chosen.get("index", -1)) >= 0
+            else "the uniform allocation (no sample beat it)",
+        ),
         ("chosen cost / target", _fmt(_float(chosen.get("cost")) / _float(search.get("target_cost")), ".3f")),
     ]
     if isinstance(latency, Mapping):
@@ -396,6 +402,9 @@ def plot_allocation_search(record: Mapping[str, Any], path: str | Path) -> Path:
     baselines = [(i, float(s["baseline"])) for i, s in zip(index, samples) if s.get("baseline") is not None]
     if baselines:
         ax_reward.plot(*zip(*baselines), "--", lw=1, label="baseline")
+    reference = record.get("reference")
+    if reference:
+        ax_reward.axhline(float(reference["reward"]), color="k", ls=":", lw=1, label="uniform allocation")
     ax_reward.set_xlabel("sample")
     ax_reward.set_ylabel("reward (teacher mask agreement)")
     ax_reward.set_title("search")
@@ -410,7 +419,8 @@ def plot_allocation_search(record: Mapping[str, Any], path: str | Path) -> Path:
     cost = float(chosen.get("cost", float("nan")))
     teacher = float(record.get("teacher_cost", float("nan")))
     unit = (record.get("cost") or {}).get("unit", "MACs")
-    sample = int(chosen.get("index", 0)) + 1
-    ax_ratios.set_title(f"chosen allocation (sample {sample}, {100 * cost / teacher:.1f} % of the teacher's {unit})")
+    index = int(chosen.get("index", 0))
+    which = f"sample {index + 1}" if index >= 0 else "the uniform allocation: no sample beat it"
+    ax_ratios.set_title(f"chosen allocation ({which}, {100 * cost / teacher:.1f} % of the teacher's {unit})")
     ax_ratios.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
