@@ -192,10 +192,11 @@ def global_ratio_at_cost(
 ) -> dict[str, Any]:
     """The ratio of the ``global`` allocation at which ``network`` pruned in one step (channels ranked by
     ``importance`` across layers, no layer losing more than ``max_layer_ratio``) costs ``target_cost``, by bisection
-    (the cost falls as the ratio grows). Returns ``{"ratio", "cost", "target_cost", "iterations"}``.
+    on ``(0, 0.99)`` (the cost falls as the ratio grows; the global ratio may exceed the per-layer cap, Torch-Pruning
+    then stops each capped layer at the cap). Returns ``{"ratio", "cost", "target_cost", "iterations"}``.
 
     Raises:
-        UnreachableTargetError: even the largest ratio the per-layer cap allows costs more than the target.
+        UnreachableTargetError: even ratio 0.99 costs more than the target (the cap keeps too much).
     """
     cost = cost if cost is not None else MacsCost()
     options = {"onnx_check": False, **pruner_options}
@@ -208,12 +209,12 @@ def global_ratio_at_cost(
             _quiet_step(pruner, importance(pruner.network), ratio)
         return float(cost(pruner))
 
-    low, high = 0.0, float(max_layer_ratio)
+    low, high = 0.0, 0.99
     at_high = cost_at(high)
     if at_high > target_cost * (1 + tolerance):
         raise UnreachableTargetError(
-            f"the global allocation costs {at_high:.4g} even at ratio {high} (the per-layer cap max_layer_ratio), "
-            f"above the target {target_cost:.4g}; raise max_layer_ratio"
+            f"the global allocation costs {at_high:.4g} even at ratio {high} with every layer capped at "
+            f"max_layer_ratio {max_layer_ratio}, above the target {target_cost:.4g}; raise max_layer_ratio"
         )
     best = (high, at_high)
     for iteration in range(1, 25):
