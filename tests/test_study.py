@@ -136,11 +136,15 @@ def test_allocation_plan_names_each_arm_and_refuses_unknown_allocations(tmp_path
     plan = load_plan(ALLOCATION_PLAN)
     assert [c.model_id for c in plan.compressed] == [
         "baseline_taylor_50_oneshot_uniform",
-        "baseline_taylor_50_oneshot_global_equal_macs",
+        "baseline_taylor_50_oneshot_global",
         "baseline_taylor_50_oneshot_rl",
+        "baseline_taylor_50_oneshot_rl_at_global",
         "baseline_taylor_50_oneshot_rl_latency",
     ]
-    assert plan.compressed[3].label == "baseline taylor 50% oneshot, rl (latency) allocation"
+    assert plan.compressed[4].label == "baseline taylor 50% oneshot, rl (latency) allocation"
+    assert (
+        plan.compressed[3].label == "baseline taylor 50% oneshot, rl (macs at the global allocation's cost) allocation"
+    )
     raw = json.loads(ALLOCATION_PLAN.read_text())
     raw["compressed"][0]["allocation"] = "learned"
     path = tmp_path / "plan.json"
@@ -171,15 +175,18 @@ def test_allocation_study_on_phantoms(tmp_path: Path) -> None:
         assert len(model["per_case"]) == 10, model_id  # 5 patients x 2 seeds, each by a model not trained on it
         assert len(model["per_patient"]) == 5 and all(r["seeds"] == 2 for r in model["per_patient"])
         assert model["summary"]["wt_dice"]["n"] == 5 and len(model["over_seeds"]["metrics"]["wt_dice"]["per_seed"]) == 2
-    for mine, theirs in zip(rl["per_fold"], uniform["per_fold"]):  # equal MACs by construction, fold by fold
-        assert (mine["seed"], mine["fold"]) == (theirs["seed"], theirs["fold"])
-        assert mine["macs_per_slice"] == pytest.approx(theirs["macs_per_slice"], rel=0.03)
-        assert len(mine["search"]["rewards"]) == 2 and mine["search"]["target"]["allocation"] == "uniform"
+    at_global, global_ = models["baseline_taylor_50_oneshot_rl_at_global"], models["baseline_taylor_50_oneshot_global"]
+    for learned, hand_made, target in ((rl, uniform, "uniform"), (at_global, global_, "global")):
+        for mine, theirs in zip(learned["per_fold"], hand_made["per_fold"]):  # equal MACs by construction, per fold
+            assert (mine["seed"], mine["fold"]) == (theirs["seed"], theirs["fold"])
+            assert mine["macs_per_slice"] == pytest.approx(theirs["macs_per_slice"], rel=0.03)
+            assert len(mine["search"]["rewards"]) == 2 and mine["search"]["target"]["allocation"] == target
     latency = models["baseline_taylor_50_oneshot_rl_latency"]["per_fold"]
     assert all(f["search"]["latency_check"]["searched_ms_measured"] > 0 for f in latency)
     pairs = {(c["model"], c["reference"]) for c in out["comparisons"]}
     assert ("baseline_taylor_50_oneshot_rl", "baseline_taylor_50_oneshot_uniform") in pairs
-    assert ("baseline_taylor_50_oneshot_global_equal_macs", "baseline_taylor_50_oneshot_uniform") in pairs
+    assert ("baseline_taylor_50_oneshot_rl_at_global", "baseline_taylor_50_oneshot_global") in pairs
+    assert ("baseline_taylor_50_oneshot_global", "baseline_taylor_50_oneshot_uniform") in pairs
     assert all(c["metrics"]["wt_dice"]["n"] == 5 for c in out["comparisons"])  # paired per patient, not per seed
     report = (results / "report.md").read_text()
     for png in ("per_case_dice.png", "search_rewards.png", "chosen_ratios.png"):

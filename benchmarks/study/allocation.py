@@ -34,6 +34,7 @@ import numpy as np
 
 from custom_modules.constants import REGION_DISPLAY_ORDER
 from custom_modules.files import write_json, write_text_atomic
+from raagr2_tools.compression.engine import ALLOCATIONS
 from raagr2_tools.compression.latency_table import measure_network_ms
 from raagr2_tools.reports.figures import new_figure, save_figure
 from raagr2_tools.reports.tables import markdown_table
@@ -139,11 +140,16 @@ def run_allocation_study(
 
 
 def _pairs(specs: dict[str, CompressionSpec]) -> list[tuple[str, str]]:
-    by = {spec.allocation: model_id for model_id, spec in specs.items() if spec.rl_cost == "macs"}  # one per kind
-    learned = [model_id for model_id, spec in specs.items() if spec.allocation == "rl"]
-    pairs = [(m, by[ref]) for m in learned for ref in ("uniform", "global") if ref in by]
-    if "global" in by and "uniform" in by:
-        pairs.append((by["global"], by["uniform"]))
+    """(model, reference) to compare: each learned arm against the hand-made allocation whose cost it was searched
+    at (equal cost by construction), and ``global`` against ``uniform`` (not at equal MACs unless ``equal_macs``)."""
+    hand_made = {spec.allocation: model_id for model_id, spec in specs.items() if spec.allocation in ALLOCATIONS}
+    pairs = [
+        (model_id, hand_made[spec.rl_target])
+        for model_id, spec in specs.items()
+        if spec.allocation == "rl" and spec.rl_target in hand_made
+    ]
+    if "global" in hand_made and "uniform" in hand_made:
+        pairs.append((hand_made["global"], hand_made["uniform"]))
     return pairs
 
 
@@ -220,9 +226,9 @@ def aggregate(study: Study, per_model: dict[str, dict[str, Any]], specs: dict[st
             "seeds": sorted({f["seed"] for m in per_model.values() for f in m["folds"]}),
             "teacher_epochs": plan.teacher_epochs,
             "finetune_epochs_every_arm": plan.finetune_epochs,
-            "equal_cost": "the rl arms are scaled to the uniform allocation's cost at the same ratio (MACs, or the "
-            "latency predicted by the per-layer ONNX Runtime table); the global arm's ratio is scaled to the uniform "
-            "allocation's MACs (equal_macs)",
+            "equal_cost": "each rl arm is scaled to the cost of the hand-made allocation it is compared with, at the "
+            "same ratio (MACs, or the latency predicted by the per-layer ONNX Runtime table): rl against uniform, "
+            "rl at global against global; global and uniform remove the same fraction of channels, not the same MACs",
             "scored": "the delivered label map read back as regions (WT = 1|2|4, TC = 1|4, ET = 4), per patient never "
             "trained on",
             "hd95_definition": study.hd95,
@@ -259,9 +265,10 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         else:
             call = "no difference shown (every CI includes 0)"
         n = c["metrics"]["wt_dice"]["n"]
+        macs = models[c["model"]]["macs_per_slice_mean"] / models[c["reference"]]["macs_per_slice_mean"]
         out.append(
-            f"**{models[c['model']]['label']}** against {models[c['reference']]['label']}: {call}; Dice points "
-            f"{'; '.join(parts)} (n = {n} patients)."
+            f"**{models[c['model']]['label']}** against {models[c['reference']]['label']} (MACs ratio {macs:.3f}): "
+            f"{call}; Dice points {'; '.join(parts)} (n = {n} patients)."
         )
     return out
 
@@ -313,7 +320,18 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     lines += ["Mean over patients of each seed:\n", markdown_table(header, rows)]
     lines.append("![Per-patient Dice per allocation](per_case_dice.png)\n")
-    header = ["model", "reference", "region", "Δ Dice (points)", "95 % CI", "Wilcoxon p", "Δ HD95 (mm)", "95 % CI", "n"]
+    header = [
+        "model",
+        "reference",
+        "MACs model / reference",
+        "region",
+        "Δ Dice (points)",
+        "95 % CI",
+        "Wilcoxon p",
+        "Δ HD95 (mm)",
+        "95 % CI",
+        "n",
+    ]
     rows = []
     for c in results["comparisons"]:
         for r in REGION_DISPLAY_ORDER:
@@ -322,6 +340,7 @@ def render_report(results: dict[str, Any]) -> str:
                 [
                     models[c["model"]]["label"],
                     models[c["reference"]]["label"],
+                    f"{models[c['model']]['macs_per_slice_mean'] / models[c['reference']]['macs_per_slice_mean']:.3f}",
                     r.upper(),
                     f"{100 * d['delta_mean']:+.2f}",
                     f"[{100 * d['ci']['low']:+.2f}, {100 * d['ci']['high']:+.2f}]",

@@ -15,7 +15,8 @@ Keys (all required unless a default is given):
   (the criterion's default), "rl_cost" ("macs")}`` of the baseline teacher; ``shared_pruned``: one such entry
   applied to the shared-depthwise teacher. ``allocation`` ``rl`` is the learned per-group allocation at the
   uniform allocation's cost (MACs, or with ``rl_cost`` ``latency`` the latency on ONNX Runtime predicted by the
-  per-layer table); ``equal_macs`` (``global`` only) scales the global ratio to the uniform allocation's MACs;
+  per-layer table), at the cost of the ``rl_target`` allocation (``uniform`` or ``global``) at the same ratio;
+  ``equal_macs`` (``global`` only) scales the global ratio to the uniform allocation's MACs;
   ``search``: ``{"samples", "batches"}`` of every ``rl`` entry (the bundle defaults otherwise).
 - ``narrow_reference``: id of the compressed model whose parameter count the narrow controls match.
 - ``quantize``: model ids exported to ONNX (INT8 calibrated on the fold's training patients);
@@ -37,7 +38,7 @@ from typing import Any
 
 from raagr2_tools.compression.criteria import METHODS
 from raagr2_tools.compression.schedule import LAYER_GROUPS, SCHEDULES
-from raagr2_tools.compression.settings import ALLOCATION_CHOICES, SEARCH_COSTS
+from raagr2_tools.compression.settings import ALLOCATION_CHOICES, SEARCH_COSTS, SEARCH_TARGETS
 
 __all__ = ["CompressionSpec", "StudyPlan", "load_plan"]
 
@@ -54,6 +55,7 @@ class CompressionSpec:
     variant: str = "baseline"
     allocation: str | None = None
     rl_cost: str = "macs"
+    rl_target: str = "uniform"
     equal_macs: bool = False
 
     @property
@@ -62,6 +64,8 @@ class CompressionSpec:
         allocation = "" if self.allocation is None else f"_{self.allocation}"
         if self.allocation == "rl" and self.rl_cost != "macs":
             allocation += f"_{self.rl_cost}"
+        if self.allocation == "rl" and self.rl_target != "uniform":
+            allocation += f"_at_{self.rl_target}"
         if self.equal_macs:
             allocation += "_equal_macs"
         return f"{self.variant}_{self.method}_{round(100 * self.ratio)}_{self.schedule}{kd}{allocation}"
@@ -71,7 +75,8 @@ class CompressionSpec:
         """How the report names the model."""
         text = f"{self.variant} {self.method} {round(100 * self.ratio)}% {self.schedule}"
         if self.allocation is not None:
-            detail = f" ({self.rl_cost})" if self.allocation == "rl" else " (equal MACs)" if self.equal_macs else ""
+            at = f" at the {self.rl_target} allocation's cost" if self.rl_target != "uniform" else ""
+            detail = f" ({self.rl_cost}{at})" if self.allocation == "rl" else " (equal MACs)" if self.equal_macs else ""
             text += f", {self.allocation}{detail} allocation"
         return text
 
@@ -110,7 +115,7 @@ class StudyPlan:
 def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"plan {path}: '{key}' must be an object with method, ratio, schedule")
-    known = {"method", "ratio", "schedule", "steps", "distillation", "allocation", "rl_cost", "equal_macs"}
+    known = {"method", "ratio", "schedule", "steps", "distillation", "allocation", "rl_cost", "rl_target", "equal_macs"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"plan {path}: '{key}' has unknown keys {unknown}")
@@ -123,12 +128,15 @@ def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
         variant=variant,
         allocation=None if raw.get("allocation") is None else str(raw["allocation"]),
         rl_cost=str(raw.get("rl_cost", "macs")),
+        rl_target=str(raw.get("rl_target", "uniform")),
         equal_macs=bool(raw.get("equal_macs", False)),
     )
     if spec.allocation is not None and spec.allocation not in ALLOCATION_CHOICES:
         raise ValueError(
             f"plan {path}: '{key}' allocation must be one of {ALLOCATION_CHOICES}, got {spec.allocation!r}"
         )
+    if spec.rl_target not in SEARCH_TARGETS:
+        raise ValueError(f"plan {path}: '{key}' rl_target must be one of {SEARCH_TARGETS}, got {spec.rl_target!r}")
     if spec.rl_cost not in SEARCH_COSTS:
         raise ValueError(f"plan {path}: '{key}' rl_cost must be one of {SEARCH_COSTS}, got {spec.rl_cost!r}")
     if spec.method not in METHODS or spec.method == "snip":

@@ -372,6 +372,7 @@ class Study:
             search = self.plan.search
             keys.update({f"rl_{k}": search[k] for k in ("samples", "batches") if k in search})
             keys["rl_cost"] = spec.rl_cost
+            keys["rl_target"] = spec.rl_target
             keys["latency_table"] = str(self.workdir / "latency_table_onnxruntime.json")
         return keys
 

@@ -50,7 +50,15 @@ from .engine import PruningCheckError, StructuredPruner
 from .hooks import TrainingHooks
 from .latency_table import LatencyTable, measure_network_ms, uniform_pruned
 from .progress import ProgressStore
-from .rl_search import AllocationSearch, LatencyCost, MacsCost, SearchSettings, global_ratio_at_cost, uniform_cost
+from .rl_search import (
+    AllocationSearch,
+    LatencyCost,
+    MacsCost,
+    SearchSettings,
+    global_cost,
+    global_ratio_at_cost,
+    uniform_cost,
+)
 from .schedule import LAYER_GROUPS, make_schedule
 from .settings import FineTuneSettings, PruningSettings
 from .snip import MaskEnforcer, apply_masks, count_masked_zeros, iterative_snip_masks, snip_masks, snip_saliency
@@ -283,8 +291,9 @@ class CompressionLoop:
         return LatencyCost(table)
 
     def _searched_allocation(self, record: dict[str, Any]) -> dict[str, float]:
-        """The learned per-group ratios (``allocation: rl``): searched once at the cost of the uniform allocation
-        at the schedule's final ratio, recorded (``allocation_search``) and reused when the run resumes."""
+        """The learned per-group ratios (``allocation: rl``): searched once at the cost of the ``rl_target``
+        allocation (uniform or global) at the schedule's final ratio, recorded (``allocation_search``) and reused when
+        the run resumes."""
         if "allocation_search" in record:
             return dict(record["allocation_search"]["chosen"]["ratios"])
         p = self.pruning
@@ -296,9 +305,12 @@ class CompressionLoop:
         options = {"example_shape": p.example_shape, "round_to": p.round_to}
         cost = self._search_cost()
         final = self._final_ratio()
-        target = uniform_cost(self.teacher, final, cost, **options)
+        if p.rl_target == "uniform":
+            target = uniform_cost(self.teacher, final, cost, **options)
+        else:
+            target = global_cost(self.teacher, final, factory, cost, p.max_layer_ratio, **options)
         logger.info(
-            f"allocation search: {p.rl_samples} samples at the uniform allocation's cost at ratio {final:.3f} "
+            f"allocation search: {p.rl_samples} samples at the {p.rl_target} allocation's cost at ratio {final:.3f} "
             f"({target:.4g} {cost.unit})"
         )
         settings = SearchSettings(samples=p.rl_samples, max_ratio=p.max_layer_ratio, seed=p.rl_seed)
@@ -306,7 +318,7 @@ class CompressionLoop:
             self.teacher, reward_batches, target, settings, factory, self.search_record, cost, **options
         )
         result = search.run()
-        result["target"] = {"allocation": "uniform", "ratio": final, "cost": target, "unit": cost.unit}
+        result["target"] = {"allocation": p.rl_target, "ratio": final, "cost": target, "unit": cost.unit}
         record["allocation_search"] = result
         self._save(record)
         return dict(result["chosen"]["ratios"])

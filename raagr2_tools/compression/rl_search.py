@@ -55,6 +55,7 @@ __all__ = [
     "MacsCost",
     "SearchSettings",
     "UnreachableTargetError",
+    "global_cost",
     "global_ratio_at_cost",
     "mask_agreement",
     "uniform_cost",
@@ -181,6 +182,24 @@ def uniform_cost(
     return float(cost(pruner))
 
 
+def global_cost(
+    network: nn.Module,
+    ratio: float,
+    importance: Callable[[nn.Module], tp.importance.Importance],
+    cost: Callable[[StructuredPruner], float] | None = None,
+    max_layer_ratio: float = 0.8,
+    **pruner_options: Any,
+) -> float:
+    """The cost of ``network`` pruned in one step by the ``global`` allocation at ``ratio`` (channels ranked by
+    ``importance`` across layers, no layer losing more than ``max_layer_ratio``)."""
+    cost = cost if cost is not None else MacsCost()
+    options = {"onnx_check": False, **pruner_options}
+    pruner = StructuredPruner(prunable_copy(network), allocation="global", max_layer_ratio=max_layer_ratio, **options)
+    if ratio > 0:
+        _quiet_step(pruner, importance(pruner.network), float(ratio))
+    return float(cost(pruner))
+
+
 def global_ratio_at_cost(
     network: nn.Module,
     target_cost: float,
@@ -198,16 +217,9 @@ def global_ratio_at_cost(
     Raises:
         UnreachableTargetError: even ratio 0.99 costs more than the target (the cap keeps too much).
     """
-    cost = cost if cost is not None else MacsCost()
-    options = {"onnx_check": False, **pruner_options}
 
     def cost_at(ratio: float) -> float:
-        pruner = StructuredPruner(
-            prunable_copy(network), allocation="global", max_layer_ratio=max_layer_ratio, **options
-        )
-        if ratio > 0:
-            _quiet_step(pruner, importance(pruner.network), ratio)
-        return float(cost(pruner))
+        return global_cost(network, ratio, importance, cost, max_layer_ratio, **pruner_options)
 
     low, high = 0.0, 0.99
     at_high = cost_at(high)

@@ -31,6 +31,8 @@ __all__ = [
 ALLOCATION_CHOICES = (*ALLOCATIONS, "rl")
 #: what the learned allocation holds fixed: MACs, or latency on ``latency_backend`` predicted by a per-layer table
 SEARCH_COSTS = ("macs", "latency")
+#: whose cost at ``ratio`` the learned allocation is searched at
+SEARCH_TARGETS = ("uniform", "global")
 
 #: settings that only check or time the result, not what it is: a run may resume with them changed
 RESULT_NEUTRAL = frozenset({"onnx_check", "measure_latency"})
@@ -58,6 +60,8 @@ class PruningSettings:
         rl_batches: training batches whose teacher agreement is the search's reward.
         rl_cost: ``macs`` or ``latency`` (:data:`SEARCH_COSTS`): the cost every candidate is scaled to.
         rl_seed: seed of the search's draws.
+        rl_target: ``uniform`` or ``global`` (:data:`SEARCH_TARGETS`): the allocation whose cost at ``ratio`` the
+            search is held at (so it is compared with that allocation at equal cost).
         latency_backend: backend of the latency cost (:data:`.latency_table.BACKENDS`).
         equal_macs: ``global`` only: scale the global ratio so that the pruned teacher has the MACs of the uniform
             allocation at ``ratio`` (found on the teacher before the first step); without it the global allocation
@@ -80,6 +84,7 @@ class PruningSettings:
     rl_batches: int = 4
     rl_cost: str = "macs"
     rl_seed: int = 0
+    rl_target: str = "uniform"
     latency_backend: str = "onnxruntime"
     equal_macs: bool = False
 
@@ -92,11 +97,13 @@ class PruningSettings:
             )
         if self.rl_cost not in SEARCH_COSTS:
             raise ValueError(f"config key rl_cost: must be one of {SEARCH_COSTS}, got {self.rl_cost!r}")
+        if self.rl_target not in SEARCH_TARGETS:
+            raise ValueError(f"config key rl_target: must be one of {SEARCH_TARGETS}, got {self.rl_target!r}")
         if self.latency_backend not in BACKENDS:
             raise ValueError(f"config key latency_backend: must be one of {BACKENDS}, got {self.latency_backend!r}")
         if self.allocation == "rl":
             importance_factory(self.criterion)  # refuses criteria the search cannot rank candidates with
-            if float(self.ratio) > float(self.max_layer_ratio):
+            if self.rl_target == "uniform" and float(self.ratio) > float(self.max_layer_ratio):
                 raise ValueError(
                     f"config key max_layer_ratio: {self.max_layer_ratio} caps every group below ratio {self.ratio}, so "
                     "no learned allocation can reach the uniform allocation's cost at that ratio (its target); set "
