@@ -114,3 +114,13 @@ def test_search_at_the_uniform_allocations_predicted_latency(sharing: str, tmp_p
     for sample in record["samples"]:
         assert 0.9 < sample["cost_vs_target"] <= 1 + settings.cost_tolerance
     assert record["teacher_cost"] > target
+
+
+def test_a_network_under_cpu_bf16_autocast_is_timed_in_float32(tmp_path: Path) -> None:
+    from custom_modules.networks import cpu_autocast, without_cpu_autocast
+
+    net = cpu_autocast(_network(), enabled=True)  # as the bundles build it with cpu_bf16 true
+    plain = without_cpu_autocast(net)
+    assert plain is not net and not plain._forward_hooks and net._forward_hooks  # the bundle's network keeps them
+    assert measure_network_ms(net, SHAPE, repeats=2, sessions=1) > 0  # ONNX Runtime has no bfloat16 Conv
+    assert without_cpu_autocast(plain) is plain

@@ -8,12 +8,13 @@ Whether it helps is measured, not assumed (``benchmarks/study``'s machine check 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["cpu_autocast", "cpu_supports_bf16"]
+__all__ = ["cpu_autocast", "cpu_supports_bf16", "without_cpu_autocast"]
 
 
 class _Autocast:
@@ -53,3 +54,19 @@ def cpu_autocast(network: nn.Module, enabled: bool = False, dtype: str = "bfloat
     network.register_forward_pre_hook(hooks.enter)
     network.register_forward_hook(hooks.exit)
     return network
+
+
+def without_cpu_autocast(network: nn.Module) -> nn.Module:
+    """``network`` without the hooks of :func:`cpu_autocast`: a deep copy with them removed when it has them (the
+    float32 network, e.g. to export or time it as an FP32 runtime runs it), else ``network`` itself."""
+
+    def autocast_hooks(hooks: dict) -> list[int]:
+        return [key for key, hook in hooks.items() if isinstance(getattr(hook, "__self__", None), _Autocast)]
+
+    if not (autocast_hooks(network._forward_pre_hooks) or autocast_hooks(network._forward_hooks)):
+        return network
+    clone = copy.deepcopy(network)
+    for hooks in (clone._forward_pre_hooks, clone._forward_hooks):
+        for key in autocast_hooks(hooks):
+            del hooks[key]
+    return clone

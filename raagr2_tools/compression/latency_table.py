@@ -39,6 +39,7 @@ from torch import nn
 
 from custom_modules.files import write_json
 from custom_modules.hardware import cpu_signature
+from custom_modules.networks.autocast import without_cpu_autocast
 from custom_modules.networks.pruned.structure import SplitGroupedConv, merge_split_convs
 
 __all__ = [
@@ -134,11 +135,13 @@ def conv_model(conv: dict[str, Any], in_channels: int, out_channels: int) -> byt
 
 
 def deployed(network: nn.Module) -> nn.Module:
-    """``network`` in its deployed form (a copy with split grouped convs merged; the network itself otherwise)."""
-    if any(isinstance(m, SplitGroupedConv) for m in network.modules()):
-        network = copy.deepcopy(network)
-        merge_split_convs(network)
-    return network
+    """``network`` as an FP32 runtime runs it: split grouped convs merged and CPU bf16 autocast hooks dropped (a copy
+    when either was there; the network itself otherwise)."""
+    net = without_cpu_autocast(network)
+    if any(isinstance(m, SplitGroupedConv) for m in net.modules()):
+        net = copy.deepcopy(net) if net is network else net
+        merge_split_convs(net)
+    return net
 
 
 def conv_layers(network: nn.Module, example_shape: Sequence[int]) -> dict[str, dict[str, Any]]:
