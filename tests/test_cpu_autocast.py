@@ -47,3 +47,19 @@ def test_cpu_autocast_disabled_is_identity_and_copies_are_independent() -> None:
     x = torch.randn(1, 4, 32, 32)
     with torch.no_grad():
         assert not torch.equal(net(x), twin(x)), "the copy runs its own weights"
+
+
+def test_a_forward_that_raises_leaves_no_autocast_on() -> None:
+    """Torch-Pruning first calls ``model(*example)`` (which unpacks the batch and raises) and then ``model(example)``;
+    a failed forward must not leave bfloat16 autocast on for everything after it (an ONNX export then casts to bf16)."""
+    import torch
+
+    from custom_modules.networks import RAAGR2Net, cpu_autocast
+
+    net = cpu_autocast(RAAGR2Net(features=(4, 8, 16, 32, 64), out_channels=3, sigmoid=False).eval(), enabled=True)
+    try:
+        net(torch.randn(4, 32, 32))  # 3-D: refused by the network's input check, inside the hooks
+    except ValueError:
+        pass
+    assert not torch.is_autocast_enabled("cpu")
+    assert net(torch.randn(1, 4, 32, 32)).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")

@@ -30,7 +30,8 @@ class _Autocast:
         self.contexts.append(context)
 
     def exit(self, module: nn.Module, args: Any, output: Any) -> Any:
-        self.contexts.pop().__exit__(None, None, None)
+        if self.contexts:
+            self.contexts.pop().__exit__(None, None, None)
         return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
 
@@ -52,7 +53,7 @@ def cpu_autocast(network: nn.Module, enabled: bool = False, dtype: str = "bfloat
         return network
     hooks = _Autocast(getattr(torch, dtype))
     network.register_forward_pre_hook(hooks.enter)
-    network.register_forward_hook(hooks.exit)
+    network.register_forward_hook(hooks.exit, always_call=True)  # also when the forward raises: no context left open
     return network
 
 
