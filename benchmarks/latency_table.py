@@ -6,21 +6,20 @@ learned allocation, :mod:`raagr2_tools.compression.latency_table`).
         [--json benchmarks/results/latency_prediction_cpu.json]
 
 The table is measured for the full-width baseline RAAGR2-Net at ``1 x 4 x size x size`` (each conv alone, at the
-exact widths asked for) and calibrated on whole networks pruned uniformly at 0, 0.3 and 0.6 (reused from
-``--table`` when it was measured for this network, backend and CPU). It then predicts networks it was not
-calibrated on: uniform allocations at other ratios, the global allocation, and ``--random`` allocations drawn as the
-search draws them (random per-group preferences scaled to the uniform allocation's MACs at 0.3 and at 0.5). Each is
-measured ``--rounds`` times (each round: the teacher first, then every network, each the median over 5 fresh
-sessions of 20 runs) in this process. The shared 2-core machines this was built on change speed over minutes (the
-same teacher session ran 18 ms, and 24 ms ten minutes later, each time steady), so the prediction is scored as a
-ratio to the teacher: the table's ``predicted / predicted teacher`` against ``measured / teacher measured in the
+exact widths asked for) and calibrated on whole networks pruned uniformly at 0, 0.3 and 0.6 (reused from ``--table``
+when it was measured for this network, backend and CPU). It then predicts networks it was not calibrated on: uniform
+allocations at other ratios, the global allocation, and ``--random`` allocations drawn as the search draws them
+(random per-group preferences scaled to the uniform allocation's MACs at 0.3 and at 0.5). Each is measured
+``--rounds`` times, interleaved (each network exported once; each round times the teacher and then every network,
+each the median over 5 fresh sessions of 20 runs) in this process. The shared 2-core machines this was built on
+change speed over minutes (the same network measured minutes apart differed by half), so the prediction is scored as
+a ratio to the teacher: the table's ``predicted / predicted teacher`` against ``measured / teacher measured in the
 same round`` (median over rounds). That is the quantity the search uses: it compares candidates with the uniform
-allocation through the same table. Reported per network: measured milliseconds (median, min, max over rounds),
-the measured and predicted ratios to the teacher, the table's error and, for comparison, the error of predicting
-the ratio by MACs alone. A width sweep of one conv alone (3x3, 32x32 input, ``c -> c`` channels for c from 96
-to 128, ``--rounds`` sessions) shows why the table keeps exact widths instead of interpolating. Writes the JSON
-(with the machine) and a PNG beside it; prints a Markdown table. Weights are random: latency does not depend on
-their values.
+allocation through the same table. Reported per network: measured milliseconds (median, min, max over rounds), the
+measured and predicted ratios to the teacher, the table's error and, for comparison, the error of predicting the
+ratio by MACs alone. A width sweep of one conv alone (3x3, 32x32 input, ``c -> c`` channels for c from 96 to 128,
+``--rounds`` sessions) shows why the table keeps exact widths instead of interpolating. Writes the JSON (with the
+machine) and a PNG beside it; prints a Markdown table. Weights are random: latency does not depend on their values.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import torch_pruning as tp
 from custom_modules.files import write_json
 from custom_modules.networks import RAAGR2Net
 from raagr2_tools.compression import PruningStep, StructuredPruner
-from raagr2_tools.compression.latency_table import BACKENDS, LatencyTable, conv_model, measure_network_ms, time_onnx_ms
+from raagr2_tools.compression.latency_table import BACKENDS, LatencyTable, compare_networks_ms, conv_model, time_onnx_ms
 from raagr2_tools.compression.rl_search import AllocationSearch, MacsCost, SearchSettings, prunable_copy
 from raagr2_tools.reports.tables import markdown_table
 
@@ -129,11 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher_macs = StructuredPruner(copy.deepcopy(teacher), shape, onnx_check=False).teacher_flops / 2
     nets = [{"name": "teacher", "kind": "teacher", "net": teacher, "macs": teacher_macs}]
     nets += candidates(teacher, shape, args.random, args.seed)
-    rounds: dict[str, list[float]] = {n["name"]: [] for n in nets}
-    for r in range(args.rounds):
-        for n in nets:
-            rounds[n["name"]].append(measure_network_ms(n["net"], shape, args.backend))
-        print(f"round {r + 1}/{args.rounds} measured", flush=True)
+    print(f"measuring {len(nets)} networks, {args.rounds} interleaved rounds", flush=True)
+    rounds = compare_networks_ms({n["name"]: n["net"] for n in nets}, shape, args.backend, args.rounds, sessions=5)
     table.save()
     sweep = width_sweep(args.backend, args.rounds)
     predicted_teacher = table.predict_ms(teacher)
@@ -185,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "table_entries": table.entries(),
         "calibration": table.record["calibration"],
         "rounds": args.rounds,
-        "measurement": "per round: median over 5 fresh sessions of the median of 20 runs (2 warm-up runs each)",
+        "measurement": "interleaved rounds; per network and round: median over 5 fresh sessions of the median of 20 "
+        "runs (2 warm-up runs each)",
         "networks": rows,
         "summary": summary,
         "width_sweep": sweep,

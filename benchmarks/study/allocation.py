@@ -35,7 +35,7 @@ import numpy as np
 from custom_modules.constants import REGION_DISPLAY_ORDER
 from custom_modules.files import write_json, write_text_atomic
 from raagr2_tools.compression.engine import ALLOCATIONS
-from raagr2_tools.compression.latency_table import measure_network_ms
+from raagr2_tools.compression.latency_table import compare_networks_ms
 from raagr2_tools.reports.figures import new_figure, save_figure
 from raagr2_tools.reports.tables import markdown_table
 
@@ -45,27 +45,34 @@ from .runner import ATTRIBUTION, Study, compare, summarise
 
 __all__ = ["main", "run_allocation_study"]
 
-#: latency rounds of each model (each: median over 5 sessions of 20 runs)
-LATENCY_ROUNDS = 3
+#: interleaved latency rounds of a fold's models (each model each round: median over 3 sessions of 20 runs)
+LATENCY_ROUNDS = 5
 
 
 def _by_allocation(plan_specs: tuple[CompressionSpec, ...]) -> dict[str, CompressionSpec]:
     return {spec.model_id: spec for spec in plan_specs}
 
 
-def _onnx_latency(study: Study, model: dict[str, Any]) -> dict[str, Any]:
+def _onnx_latency(study: Study, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every model of a fold on ONNX Runtime, interleaved (:func:`compare_networks_ms`): per model its milliseconds
+    per round and, round by round, its ratio to the teacher (the machine's speed drifts between rounds)."""
     size = study.plan.bundle_settings.get("roi_size", [128, 128])
     shape = (1, 4, int(size[0]), int(size[1]))
-    net = study.load(model)
-    rounds = [measure_network_ms(net, shape, "onnxruntime") for _ in range(LATENCY_ROUNDS)]
-    return {
-        "backend": "onnxruntime",
-        "input_shape": list(shape),
-        "median_ms": statistics.median(rounds),
-        "min_ms": min(rounds),
-        "max_ms": max(rounds),
-        "rounds_ms": rounds,
-    }
+    networks = {model_id: study.load(model) for model_id, model in models.items()}
+    times = compare_networks_ms(networks, shape, "onnxruntime", rounds=LATENCY_ROUNDS)
+    teacher = times["teacher_baseline"]
+    out = {}
+    for model_id, rounds in times.items():
+        ratios = [t / ref for t, ref in zip(rounds, teacher)]
+        out[model_id] = {
+            "median_ms": statistics.median(rounds),
+            "min_ms": min(rounds),
+            "max_ms": max(rounds),
+            "rounds_ms": rounds,
+            "vs_teacher": statistics.median(ratios),
+            "vs_teacher_rounds": ratios,
+        }
+    return {"backend": "onnxruntime", "input_shape": list(shape), "rounds": LATENCY_ROUNDS, "models": out}
 
 
 def _search_summary(bundle_dir: str) -> dict[str, Any] | None:
@@ -119,22 +126,25 @@ def run_allocation_study(
                 ),
             )
         cases = study.cases(fold)
-        for model_id, model in models.items():
-            scored = study.unit(
+        scores = {
+            model_id: study.unit(
                 f"{tag}/score/{model_id}",
                 lambda _, m=model, i=model_id, fold=fold, seed=seed: study._score(m, i, cases, fold, seed),
             )
-            timed = study.unit(f"{tag}/onnx_latency/{model_id}", lambda _, m=model: _onnx_latency(study, m))
+            for model_id, model in models.items()
+        }
+        timed = study.unit(f"{tag}/onnx_latency_interleaved", lambda _, models=models: _onnx_latency(study, models))
+        for model_id, model in models.items():
             entry = {
                 "seed": seed,
                 "fold": fold["fold"],
-                "parameters": scored["parameters"],
-                "macs_per_slice": scored["macs_per_slice"],
-                "onnx_latency": timed,
+                "parameters": scores[model_id]["parameters"],
+                "macs_per_slice": scores[model_id]["macs_per_slice"],
+                "onnx_latency": timed["models"][model_id],
             }
             if "bundle_dir" in model:
                 entry["search"] = _search_summary(model["bundle_dir"])
-            per_model[model_id]["rows"] += scored["rows"]
+            per_model[model_id]["rows"] += scores[model_id]["rows"]
             per_model[model_id]["folds"].append(entry)
     return aggregate(study, per_model, specs)
 
@@ -183,12 +193,27 @@ def seed_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seeds": seeds, "metrics": out}
 
 
+def _measured_vs_target(per_model: dict[str, dict[str, Any]], specs: dict[str, CompressionSpec]) -> None:
+    """For each learned arm, per fold: its measured ONNX Runtime latency over the arm it was searched against, the
+    median of the ratios taken round by round in the fold's interleaved measurement (``measured_vs_target``)."""
+    hand_made = {spec.allocation: model_id for model_id, spec in specs.items() if spec.allocation in ALLOCATIONS}
+    for model_id, spec in specs.items():
+        reference = hand_made.get(spec.rl_target) if spec.allocation == "rl" else None
+        if reference is None:
+            continue
+        for mine, theirs in zip(per_model[model_id]["folds"], per_model[reference]["folds"]):
+            rounds = zip(mine["onnx_latency"]["rounds_ms"], theirs["onnx_latency"]["rounds_ms"])
+            mine["measured_vs_target"] = statistics.median(a / b for a, b in rounds)
+
+
 def aggregate(study: Study, per_model: dict[str, dict[str, Any]], specs: dict[str, CompressionSpec]) -> dict[str, Any]:
     plan = study.plan
+    _measured_vs_target(per_model, specs)
     models = {}
     for model_id, entry in per_model.items():
         spec = specs.get(model_id)
         latency = [f["onnx_latency"]["median_ms"] for f in entry["folds"]]
+        vs_teacher = [f["onnx_latency"]["vs_teacher"] for f in entry["folds"]]
         models[model_id] = {
             "label": spec.label if spec else "teacher (baseline)",
             "allocation": spec.allocation if spec else None,
@@ -201,6 +226,7 @@ def aggregate(study: Study, per_model: dict[str, dict[str, Any]], specs: dict[st
             "macs_per_slice_mean": float(np.mean([f["macs_per_slice"] for f in entry["folds"]])),
             "parameters_mean": float(np.mean([f["parameters"] for f in entry["folds"]])),
             "onnx_latency_ms_mean_over_folds": float(np.mean(latency)) if latency else None,
+            "onnx_latency_vs_teacher_mean_over_folds": float(np.mean(vs_teacher)) if vs_teacher else None,
         }
     comparisons = []
     for model_id, reference in _pairs(specs):
@@ -286,7 +312,7 @@ def render_report(results: dict[str, Any]) -> str:
         f"{p['scored']}; HD95: {p['hd95_definition']}. Statistics: {p['statistics']}. "
         f"Machine: {results['machine'].get('cpu_model')} ({', '.join(results['machine'].get('cpu_flags', []))}).\n"
     )
-    header = ["model", "MACs / slice (G)", "MACs / teacher", "ONNX Runtime ms (mean over folds)"]
+    header = ["model", "MACs / slice (G)", "MACs / teacher", "ONNX Runtime ms", "ONNX Runtime latency / teacher"]
     header += [f"{r.upper()} Dice" for r in REGION_DISPLAY_ORDER] + [
         f"{r.upper()} HD95 (mm)" for r in REGION_DISPLAY_ORDER
     ]
@@ -298,6 +324,7 @@ def render_report(results: dict[str, Any]) -> str:
             f"{model['macs_per_slice_mean'] / 1e9:.3f}",
             f"{model['macs_per_slice_mean'] / teacher_macs:.3f}",
             f"{model['onnx_latency_ms_mean_over_folds']:.2f}",
+            f"{model['onnx_latency_vs_teacher_mean_over_folds']:.3f}",
         ]
         for kind in ("dice", "hd95"):
             for r in REGION_DISPLAY_ORDER:
@@ -306,7 +333,9 @@ def render_report(results: dict[str, Any]) -> str:
         rows.append(cells)
     lines += [
         "## Models\n",
-        "Mean ± sd over patients of each patient's mean over seeds; MACs per 240x240 slice.\n",
+        "Mean ± sd over patients of each patient's mean over seeds; MACs per 240x240 slice; ONNX Runtime: one slice at "
+        "the bundle's roi_size, mean over seeds and folds of the median over interleaved rounds, and of the ratio to "
+        "the fold's teacher taken round by round.\n",
         markdown_table(header, rows),
     ]
     header = ["model"] + [f"{r.upper()} Dice per seed" for r in REGION_DISPLAY_ORDER]
@@ -383,7 +412,8 @@ def render_report(results: dict[str, Any]) -> str:
                     f"{max(search['rewards']):.4f}",
                     "uniform" if search["chosen_is_uniform"] else f"sample {search['chosen']['index'] + 1}",
                     f"{search['chosen']['cost'] / search['target']['cost']:.3f}",
-                    f"{check['searched_vs_target']:.3f}" if check else "n/a (MACs)",
+                    f"{check['searched_vs_target']:.3f}" if check.get("searched_vs_target") else "n/a (MACs)",
+                    f"{f['measured_vs_target']:.3f}" if "measured_vs_target" in f else "n/a",
                 ]
             )
     lines += ["## Searches\n", markdown_table(header, rows), "![Search reward per sample](search_rewards.png)\n"]

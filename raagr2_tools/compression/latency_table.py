@@ -48,6 +48,7 @@ __all__ = [
     "conv_layers",
     "conv_model",
     "measure_network_ms",
+    "compare_networks_ms",
     "time_onnx_ms",
 ]
 
@@ -382,3 +383,31 @@ def _backend_version(backend: str) -> str:
     import openvino
 
     return str(openvino.__version__)
+
+
+def compare_networks_ms(
+    networks: dict[str, nn.Module],
+    example_shape: Sequence[int],
+    backend: str = "onnxruntime",
+    rounds: int = 3,
+    repeats: int = 20,
+    sessions: int = 3,
+) -> dict[str, list[float]]:
+    """Milliseconds of each network per round, interleaved: every network is exported once (deployed form, FP32,
+    TorchScript ONNX exporter), then each round times every network in turn (median over ``sessions`` sessions of
+    ``repeats`` runs). The shared machines this runs on change speed over minutes, so only values of the same round
+    are compared; ratios are taken round by round."""
+    from raagr2_tools.shipping.onnx import export_onnx
+
+    shape = tuple(int(s) for s in example_shape)
+    models: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the network's shape check, traced as a constant
+        for i, (name, network) in enumerate(networks.items()):
+            net = deployed(network).cpu().eval()
+            models[name] = export_onnx(net, Path(tmp) / f"net{i}.onnx", shape, exporter="torchscript").read_bytes()
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    for _ in range(int(rounds)):
+        for name, model in models.items():
+            times[name].append(time_onnx_ms(backend, model, shape, repeats, sessions=sessions))
+    return times
