@@ -210,35 +210,49 @@ def global_ratio_at_cost(
     **pruner_options: Any,
 ) -> dict[str, Any]:
     """The ratio of the ``global`` allocation at which ``network`` pruned in one step (channels ranked by
-    ``importance`` across layers, no layer losing more than ``max_layer_ratio``) costs ``target_cost``, by bisection
-    on ``(0, 0.99)`` (the cost falls as the ratio grows; the global ratio may exceed the per-layer cap, Torch-Pruning
-    then stops each capped layer at the cap). Returns ``{"ratio", "cost", "target_cost", "iterations"}``.
+    ``importance`` across layers, no layer losing more than ``max_layer_ratio``) costs ``target_cost``: the first of
+    the ratios 0.05, 0.10, ..., 0.95 at which the cost is at or below the target, then bisection between it and the
+    ratio before (the global ratio may exceed the per-layer cap; Torch-Pruning's global ranking with capped layers is
+    not monotone near 1, so the top is not probed first). Returns ``{"ratio", "cost", "target_cost", "evaluations"}``.
 
     Raises:
-        UnreachableTargetError: even ratio 0.99 costs more than the target (the cap keeps too much).
+        UnreachableTargetError: no ratio of the grid reaches the target (the cap keeps too much).
     """
 
+    evaluations = 0
+
     def cost_at(ratio: float) -> float:
+        nonlocal evaluations
+        evaluations += 1
         return global_cost(network, ratio, importance, cost, max_layer_ratio, **pruner_options)
 
-    low, high = 0.0, 0.99
-    at_high = cost_at(high)
-    if at_high > target_cost * (1 + tolerance):
+    low, high, at_high, seen = 0.0, None, None, []
+    for step in range(1, 20):
+        ratio = round(0.05 * step, 2)
+        value = cost_at(ratio)
+        seen.append(value)
+        if abs(value - target_cost) <= tolerance * target_cost:
+            return {"ratio": ratio, "cost": value, "target_cost": float(target_cost), "evaluations": evaluations}
+        if value < target_cost:
+            high, at_high = ratio, value
+            break
+        low = ratio
+    if high is None:
         raise UnreachableTargetError(
-            f"the global allocation costs {at_high:.4g} even at ratio {high} with every layer capped at "
+            f"the global allocation costs at least {min(seen):.4g} at ratios 0.05 to 0.95 with every layer capped at "
             f"max_layer_ratio {max_layer_ratio}, above the target {target_cost:.4g}; raise max_layer_ratio"
         )
     best = (high, at_high)
-    for iteration in range(1, 25):
+    for _ in range(12):
         mid = 0.5 * (low + high)
         value = cost_at(mid)
         if abs(value - target_cost) <= tolerance * target_cost:
-            return {"ratio": mid, "cost": value, "target_cost": float(target_cost), "iterations": iteration}
+            return {"ratio": mid, "cost": value, "target_cost": float(target_cost), "evaluations": evaluations}
         if value > target_cost:
             low = mid
         else:
             high, best = mid, (mid, value)
-    return {"ratio": best[0], "cost": best[1], "target_cost": float(target_cost), "iterations": 24}
+    return {"ratio": best[0], "cost": best[1], "target_cost": float(target_cost), "evaluations": evaluations}
 
 
 class AllocationSearch:
