@@ -142,6 +142,18 @@ def test_schedules_reach_the_target_widths(schedule: str) -> None:
             assert row["kept_out_channels"] == pytest.approx(row["teacher_out_channels"] * 0.5, abs=1), row
 
 
+def test_pruning_and_measuring_leave_the_global_rng_alone() -> None:
+    """Tracing, pruning and counting draw their probe inputs from their own generator: two arms of a study that
+    prune differently still draw the same training and scoring batches from the same seed."""
+    net = trained_like(RAAGR2Net(**SMALL))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    pruner = StructuredPruner(net, (1, 4, 32, 32), onnx_check=False)
+    pruner.step(magnitude(), make_schedule("oneshot", 0.5)[0])
+    count_flops(pruner.network, (1, 4, 32, 32))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_levelwise_step_prunes_only_its_group() -> None:
     net = trained_like(RAAGR2Net(**SMALL))
     pruner = StructuredPruner(net, (1, 4, 32, 32), onnx_check=False)

@@ -5,18 +5,33 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["FLOP_COUNTER", "count_parameters", "count_flops", "checkpoint_size_mib", "slice_latency_ms"]
+__all__ = [
+    "FLOP_COUNTER",
+    "probe_input",
+    "wall_times_ms",
+    "count_parameters",
+    "count_flops",
+    "checkpoint_size_mib",
+    "slice_latency_ms",
+]
 
 #: The FLOP counter behind :func:`count_flops`. It works at the ATen level, so it also sees functional
 #: convolutions (unlike ptflops). It counts 2 FLOPs per multiply-add and counts only the ops it has
 #: formulas for (conv, matmul, ...); elementwise ops, BN, pooling and interpolation count 0.
 FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode"
+
+
+def probe_input(shape: Sequence[int], device: str | torch.device = "cpu", seed: int = 0) -> torch.Tensor:
+    """A standard-normal tensor of ``shape`` drawn from its own generator (``seed``), for tracing, counting or
+    timing a network: measuring a network never moves the global RNG that training and data loading draw from."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*[int(s) for s in shape], generator=generator).to(device)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -45,7 +60,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torc
     was_training = model.training
     model.eval()
     try:
-        x = torch.randn(*[int(s) for s in input_shape], device=device)
+        x = probe_input(input_shape, device)
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             model(x)
@@ -61,6 +76,19 @@ def checkpoint_size_mib(state_dict: Mapping[str, torch.Tensor]) -> float:
     return buffer.getbuffer().nbytes / 2**20
 
 
+def wall_times_ms(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall milliseconds of ``repeats`` timed calls of ``call`` after ``warmup`` untimed ones: the one timing loop
+    behind every latency this product reports."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def slice_latency_ms(
     model: nn.Module, input_shape: Sequence[int], repeats: int = 5, device: str | torch.device = "cpu"
 ) -> float:
@@ -69,12 +97,6 @@ def slice_latency_ms(
     ``model`` must already be on ``device``. Compare models as ratios measured in the same process.
     """
     model.eval()
-    x = torch.randn(*input_shape, device=device)
-    times = []
+    x = probe_input(input_shape, device)
     with torch.inference_mode():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        return statistics.median(wall_times_ms(lambda: model(x), repeats))

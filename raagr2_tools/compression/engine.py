@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from custom_modules.networks.blocks.shared_reaspp import SharedDepthwiseKernel
-from custom_modules.networks.complexity import count_flops, count_parameters
+from custom_modules.networks.complexity import count_flops, count_parameters, probe_input
 from custom_modules.networks.pruned.structure import (
     SplitGroupedConv,
     build_dependency_graph,
@@ -144,7 +144,7 @@ class StructuredPruner:
 
     def _example(self) -> torch.Tensor:
         """Input for tracing the dependency graph (channel dependencies do not depend on H and W)."""
-        return torch.randn(*self.trace_shape, device=self._device())
+        return probe_input(self.trace_shape, self._device())
 
     def _relative_ratio(self, name: str, module: nn.Conv2d, target_ratio: float) -> float:
         """Ratio of ``module``'s *current* channels to remove so that ``target_ratio`` of its teacher channels
@@ -270,7 +270,7 @@ class StructuredPruner:
         exported graph while keeping the check cheap)."""
         was_training = self.network.training
         self.network.eval()
-        example = torch.randn(*self.example_shape, device=self._device())
+        example = probe_input(self.example_shape, self._device())
         counter = FlopCounterMode(display=False)
         try:
             with torch.no_grad(), counter:

@@ -233,6 +233,7 @@ class CompressionLoop:
             else (Path(work_dir) / "latency_table.json" if work_dir is not None else None)
         )
         self.search_record = Path(work_dir) / SEARCH_RECORD if work_dir is not None else None
+        self._teacher_batches: list[dict[str, Tensor]] | None = None
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> CompressionOutcome:
@@ -282,6 +283,15 @@ class CompressionLoop:
         p = self.pruning
         return make_schedule(p.schedule, p.ratio, p.iterative_steps)[-1].target_ratio
 
+    def _teacher_scoring_batches(self) -> list[dict[str, Tensor]]:
+        """The training batches the teacher's channels are ranked on, drawn once and shared by the allocation
+        search, the equal-MACs match and the first pruning step: the channels a search priced are the ones pruned,
+        and a run's first draw is the same in every arm of a study (same seed)."""
+        if self._teacher_batches is None:
+            needed = self.criterion.needs_batches
+            self._teacher_batches = self.callbacks.scoring_batches(self.pruning.scoring_batches) if needed else []
+        return self._teacher_batches
+
     def _search_cost(self) -> MacsCost | LatencyCost:
         p = self.pruning
         if p.rl_cost == "macs":
@@ -298,8 +308,7 @@ class CompressionLoop:
         if "allocation_search" in record:
             return dict(record["allocation_search"]["chosen"]["ratios"])
         p = self.pruning
-        scoring = self.callbacks.scoring_batches(p.scoring_batches) if self.criterion.needs_batches else []
-        factory = importance_factory(self.criterion, scoring, self.task_loss)
+        factory = importance_factory(self.criterion, self._teacher_scoring_batches(), self.task_loss)
         reward_batches = [b["image"] for b in self.callbacks.scoring_batches(p.rl_batches)]
         if not reward_batches:
             raise ValueError("the training data gave no batch to score the allocation search with")
@@ -329,8 +338,7 @@ class CompressionLoop:
         uniform allocation at ``ratio``; found once, recorded (``matched_global``) and reused when the run resumes."""
         if "matched_global" not in record:
             p = self.pruning
-            scoring = self.callbacks.scoring_batches(p.scoring_batches) if self.criterion.needs_batches else []
-            factory = importance_factory(self.criterion, scoring, self.task_loss)
+            factory = importance_factory(self.criterion, self._teacher_scoring_batches(), self.task_loss)
             options = {"example_shape": p.example_shape, "round_to": p.round_to}
             target = uniform_cost(self.teacher, p.ratio, MacsCost(), **options)
             match = global_ratio_at_cost(self.teacher, target, factory, max_layer_ratio=p.max_layer_ratio, **options)
@@ -368,7 +376,10 @@ class CompressionLoop:
                 self._finetune(self.finetune_settings.resolved_sparse_epochs, regularizer.hooks())
             batches = []
             if criterion.needs_batches:
-                batches = self.callbacks.scoring_batches(1 if criterion.from_init else p.scoring_batches)
+                if i == 0 and not (criterion.from_init or criterion.sparse_training):
+                    batches = self._teacher_scoring_batches()  # the network is still the teacher
+                else:
+                    batches = self.callbacks.scoring_batches(1 if criterion.from_init else p.scoring_batches)
                 if not batches:
                     raise ValueError("the training data gave no batch to score the network with")
             importance = make_importance(criterion, self.network, batches, self.task_loss)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from custom_modules.files import atomic_path
+from custom_modules.networks.complexity import probe_input
 
 __all__ = [
     "DYNAMIC_AXIS_NAMES",
@@ -71,7 +72,7 @@ def export_onnx(
         extra = {"external_data": False} if exporter == "dynamo" else {}
         torch.onnx.export(
             net,
-            (torch.randn(*example_shape),),
+            (probe_input(example_shape),),
             str(tmp),
             dynamo=exporter == "dynamo",
             input_names=["image"],
@@ -116,7 +117,7 @@ def onnx_max_abs_diff(net: torch.nn.Module, path: str | Path, shapes: Sequence[S
     net.eval()
     worst = 0.0
     for shape in shapes:
-        x = torch.randn(*shape)
+        x = probe_input(shape)
         with torch.no_grad():
             expected = net(x)
         (got,) = session.run(["pred"], {"image": x.numpy()})

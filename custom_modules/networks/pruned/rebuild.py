@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-import torch
 from torch import nn
 
+from ..complexity import probe_input
 from .structure import build_dependency_graph, merge_split_convs, split_grouped_convs
 
 __all__ = ["pruned_network", "load_pruning_history"]
@@ -51,7 +51,7 @@ def pruned_network(
     if history:
         device = next(network.parameters()).device
         was_training = network.training
-        graph = build_dependency_graph(network, torch.randn(*example_shape, device=device))
+        graph = build_dependency_graph(network, probe_input(example_shape, device))
         graph.load_pruning_history(history)
         network.train(was_training)
     merge_split_convs(network)

@@ -157,7 +157,8 @@ def _replace_before_consumer(
             consumer = children[i + 1] if i + 1 < len(children) else None
             if not (isinstance(consumer, nn.Conv2d) and consumer.groups == 1):
                 raise ValueError(f"{name}.{i}: {type(child).__name__} must be followed by a dense conv")
-            replacement, order = convert(child)
+            with torch.random.fork_rng(devices=[]):  # the new modules' random init is overwritten: keep the RNG
+                replacement, order = convert(child)
             with torch.no_grad():
                 consumer.weight.copy_(consumer.weight[:, order].clone())
             module[i] = replacement
