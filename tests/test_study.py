@@ -149,11 +149,11 @@ def test_allocation_plan_names_each_arm_and_refuses_unknown_allocations(tmp_path
     raw["compressed"][0]["allocation"] = "learned"
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match=r"plan .*plan\.json: 'compressed\[0\]' allocation must be one of"):
+    with pytest.raises(ValueError, match=r"plan .*plan\.json: 'compressed\[0\]' allocation: must be one of"):
         load_plan(path)
     raw["compressed"][0].update(allocation="rl", rl_cost="watts")
     path.write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match=r"'compressed\[0\]' rl_cost must be one of"):
+    with pytest.raises(ValueError, match=r"'compressed\[0\]' rl_cost: must be one of"):
         load_plan(path)
 
 

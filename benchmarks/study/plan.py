@@ -38,7 +38,7 @@ from typing import Any
 
 from raagr2_tools.compression.criteria import METHODS
 from raagr2_tools.compression.schedule import LAYER_GROUPS, SCHEDULES
-from raagr2_tools.compression.settings import ALLOCATION_CHOICES, SEARCH_COSTS, SEARCH_TARGETS
+from raagr2_tools.compression.settings import PruningSettings
 
 __all__ = ["CompressionSpec", "StudyPlan", "load_plan"]
 
@@ -131,14 +131,6 @@ def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
         rl_target=str(raw.get("rl_target", "uniform")),
         equal_macs=bool(raw.get("equal_macs", False)),
     )
-    if spec.allocation is not None and spec.allocation not in ALLOCATION_CHOICES:
-        raise ValueError(
-            f"plan {path}: '{key}' allocation must be one of {ALLOCATION_CHOICES}, got {spec.allocation!r}"
-        )
-    if spec.rl_target not in SEARCH_TARGETS:
-        raise ValueError(f"plan {path}: '{key}' rl_target must be one of {SEARCH_TARGETS}, got {spec.rl_target!r}")
-    if spec.rl_cost not in SEARCH_COSTS:
-        raise ValueError(f"plan {path}: '{key}' rl_cost must be one of {SEARCH_COSTS}, got {spec.rl_cost!r}")
     if spec.method not in METHODS or spec.method == "snip":
         raise ValueError(f"plan {path}: '{key}' method {spec.method!r} is not a structured criterion of {METHODS}")
     if not 0 < spec.ratio < 1:
@@ -148,6 +140,17 @@ def _spec(path: Path, key: str, raw: Any, variant: str) -> CompressionSpec:
     expected = {"oneshot": 1, "levelwise": len(LAYER_GROUPS)}.get(spec.schedule)
     if expected is not None and spec.steps != expected:
         raise ValueError(f"plan {path}: '{key}' a {spec.schedule} schedule has steps {expected}, got {spec.steps}")
+    try:  # the compression step's own checks of the allocation keys, with its messages
+        PruningSettings(
+            spec.method,
+            spec.ratio,
+            allocation=spec.allocation,
+            rl_cost=spec.rl_cost,
+            rl_target=spec.rl_target,
+            equal_macs=spec.equal_macs,
+        )
+    except ValueError as e:
+        raise ValueError(f"plan {path}: '{key}' {str(e).removeprefix('config key ')}") from e
     return spec
 
 

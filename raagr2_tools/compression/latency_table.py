@@ -40,6 +40,7 @@ from torch import nn
 from custom_modules.files import write_json
 from custom_modules.hardware import cpu_signature
 from custom_modules.networks.autocast import without_cpu_autocast
+from custom_modules.networks.complexity import wall_times_ms
 from custom_modules.networks.pruned.structure import SplitGroupedConv, merge_split_convs
 
 __all__ = [
@@ -91,15 +92,8 @@ def time_onnx_ms(
     medians = []
     for _ in range(max(1, int(sessions))):
         run = _runner(backend, model_bytes)
-        for _ in range(warmup):
-            run(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        medians.append(statistics.median(times))
-    return 1000.0 * statistics.median(medians)
+        medians.append(statistics.median(wall_times_ms(lambda: run(x), repeats, warmup)))
+    return statistics.median(medians)
 
 
 def conv_model(conv: dict[str, Any], in_channels: int, out_channels: int) -> bytes:
@@ -348,17 +342,11 @@ class LatencyTable:
 
 def uniform_pruned(network: nn.Module, ratio: float, example_shape: Sequence[int]) -> nn.Module:
     """A copy of ``network`` with ``ratio`` of every prunable layer's channels removed (L2 magnitude), deployed."""
-    import torch_pruning as tp
+    from .rl_search import pruned_copy
 
-    from .engine import StructuredPruner
-    from .rl_search import prunable_copy
-    from .schedule import PruningStep
-
-    pruner = StructuredPruner(prunable_copy(network), example_shape, onnx_check=False)
-    if ratio > 0:
-        pruner.step(tp.importance.GroupMagnitudeImportance(p=2), PruningStep(1, float(ratio)))
-    merge_split_convs(pruner.network)
-    return pruner.network.eval()
+    pruned = pruned_copy(network, ratio, "uniform", example_shape=example_shape).network
+    merge_split_convs(pruned)
+    return pruned.eval()
 
 
 def measure_network_ms(

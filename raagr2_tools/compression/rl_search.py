@@ -58,6 +58,8 @@ __all__ = [
     "global_cost",
     "global_ratio_at_cost",
     "mask_agreement",
+    "prunable_copy",
+    "pruned_copy",
     "uniform_cost",
 ]
 
@@ -170,16 +172,32 @@ def _quiet_step(pruner: StructuredPruner, importance: tp.importance.Importance, 
         engine_logger.setLevel(level)
 
 
+def pruned_copy(
+    network: nn.Module,
+    ratio: float,
+    allocation: str = "uniform",
+    importance: Callable[[nn.Module], tp.importance.Importance] | None = None,
+    max_layer_ratio: float = 0.8,
+    **pruner_options: Any,
+) -> StructuredPruner:
+    """A copy of ``network`` pruned in one step by a hand-made ``allocation`` at ``ratio`` (``uniform``: every group
+    loses ``ratio`` of its channels; ``global``: one ranking across layers, none losing more than
+    ``max_layer_ratio``), channels ranked by ``importance`` of the copy (default: group L2 magnitude); returns its
+    pruner (network in the split form)."""
+    options = {"onnx_check": False, **pruner_options}
+    pruner = StructuredPruner(prunable_copy(network), allocation=allocation, max_layer_ratio=max_layer_ratio, **options)
+    if ratio > 0:
+        ranking = importance(pruner.network) if importance is not None else tp.importance.GroupMagnitudeImportance(p=2)
+        _quiet_step(pruner, ranking, float(ratio))
+    return pruner
+
+
 def uniform_cost(
     network: nn.Module, ratio: float, cost: Callable[[StructuredPruner], float], **pruner_options
 ) -> float:
     """The cost of ``network`` with the uniform allocation at ``ratio`` (every group loses ``ratio`` of its
     channels): the target at which the search is compared with the hand-made allocations."""
-    options = {"onnx_check": False, **pruner_options}
-    pruner = StructuredPruner(prunable_copy(network), allocation="uniform", **options)
-    if ratio > 0:
-        _quiet_step(pruner, tp.importance.GroupMagnitudeImportance(p=2), float(ratio))
-    return float(cost(pruner))
+    return float(cost(pruned_copy(network, ratio, "uniform", **pruner_options)))
 
 
 def global_cost(
@@ -193,11 +211,7 @@ def global_cost(
     """The cost of ``network`` pruned in one step by the ``global`` allocation at ``ratio`` (channels ranked by
     ``importance`` across layers, no layer losing more than ``max_layer_ratio``)."""
     cost = cost if cost is not None else MacsCost()
-    options = {"onnx_check": False, **pruner_options}
-    pruner = StructuredPruner(prunable_copy(network), allocation="global", max_layer_ratio=max_layer_ratio, **options)
-    if ratio > 0:
-        _quiet_step(pruner, importance(pruner.network), float(ratio))
-    return float(cost(pruner))
+    return float(cost(pruned_copy(network, ratio, "global", importance, max_layer_ratio, **pruner_options)))
 
 
 def global_ratio_at_cost(

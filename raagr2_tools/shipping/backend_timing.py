@@ -9,7 +9,6 @@ wall clock (``time.perf_counter``) of one batch of ``sw_batch_size`` slices per 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from custom_modules.hardware import cpu_signature
+from custom_modules.networks.complexity import wall_times_ms
 
 __all__ = ["RECORD_FORMAT", "backend_record", "time_backends"]
 
@@ -34,13 +34,7 @@ def time_backends(
     results: dict[str, Any] = {}
     with torch.no_grad():
         for name, runner in runners.items():
-            for _ in range(warmup):
-                runner(batch)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                runner(batch)
-                times.append((time.perf_counter() - start) * 1e3 / batch.shape[0])
+            times = [t / batch.shape[0] for t in wall_times_ms(lambda: runner(batch), repeats, warmup)]
             results[name] = {"ms_per_slice": statistics.median(times), "times_ms": times}
     return {
         "input_shape": list(batch.shape),
