@@ -314,16 +314,28 @@ class AllocationSearch:
         self.target_cost = float(target_cost)
         with torch.no_grad():
             self.teacher_outputs = [self.teacher(b) for b in self.batches]
-        smallest = self.cost(dict.fromkeys(self.groups, settings.max_ratio))
+        smallest = self._smallest_reachable()
         if smallest > self.target_cost * (1 + settings.cost_tolerance):
             unit = self.unit
             raise UnreachableTargetError(
                 f"target cost {self.target_cost:.4g} {unit} "
                 f"({self.target_cost / self.teacher_cost:.1%} of the teacher's) is below the smallest reachable "
-                f"with every group at max_ratio {settings.max_ratio}: "
+                f"with every group at max_ratio {settings.max_ratio} or at one ratio up to it: "
                 f"{smallest:.4g} {unit} ({smallest / self.teacher_cost:.1%}); raise max_ratio (the bundle key "
                 "max_layer_ratio) or the target"
             )
+
+    def _smallest_reachable(self) -> float:
+        """The smallest cost probed: every group at ``max_ratio`` (the smallest for MACs), and, when that is above the
+        target, every group at the same ratio on a grid of 0.05 steps up to ``max_ratio`` (measured latency is not
+        monotone in the widths: a tiny network can get slower when pruned to odd widths)."""
+        limit = self.settings.max_ratio
+        smallest = self.cost(dict.fromkeys(self.groups, limit))
+        ratio = 0.05
+        while smallest > self.target_cost * (1 + self.settings.cost_tolerance) and ratio < limit:
+            smallest = min(smallest, self.cost(dict.fromkeys(self.groups, ratio)))
+            ratio = round(ratio + 0.05, 2)
+        return smallest
 
     @property
     def unit(self) -> str:
@@ -347,21 +359,36 @@ class AllocationSearch:
         return {g: float(min(limit, scale * p)) for g, p in zip(self.groups, preferences)}
 
     def fit_scale(self, preferences: np.ndarray) -> tuple[float, dict[str, float], float]:
-        """(scale, ratios, cost) with the cost within ``cost_tolerance`` of the target (bisection on the scale)."""
+        """(scale, ratios, cost) with the cost within ``cost_tolerance`` of the target (bisection on the scale), else
+        the closest at or below it. A cost that is not monotone in the scale (measured latency of odd widths) can
+        defeat the bisection; then the scales 0.05, 0.10, ... of the range are tried as well."""
+        tolerance = self.settings.cost_tolerance * self.target_cost
         low, high = 0.0, self.settings.max_ratio / max(float(preferences.min()), 1e-6)
-        at_high = self._ratios(preferences, high)
-        best = (high, at_high, self.cost(at_high))
+        tried: list[tuple[float, dict[str, float], float]] = []
+
+        def attempt(scale: float) -> tuple[float, dict[str, float], float]:
+            ratios = self._ratios(preferences, scale)
+            tried.append((scale, ratios, self.cost(ratios)))
+            return tried[-1]
+
+        attempt(high)
         for _ in range(30):
             mid = 0.5 * (low + high)
-            ratios = self._ratios(preferences, mid)
-            cost = self.cost(ratios)
-            if abs(cost - self.target_cost) <= self.settings.cost_tolerance * self.target_cost:
-                return mid, ratios, cost
+            _, _, cost = attempt(mid)
+            if abs(cost - self.target_cost) <= tolerance:
+                return tried[-1]
             if cost > self.target_cost:
                 low = mid
             else:
-                high, best = mid, (mid, ratios, cost)
-        return best  # the closest allocation at or below the target (channel counts are integers)
+                high = mid
+        if not any(cost <= self.target_cost + tolerance for _, _, cost in tried):
+            top = tried[0][0]
+            for step in range(1, 20):
+                attempt(top * step / 20)
+        within = [t for t in tried if t[2] <= self.target_cost + tolerance]
+        if within:  # the closest allocation at or below the target (channel counts are integers)
+            return max(within, key=lambda t: t[2])
+        return min(tried, key=lambda t: t[2])  # nothing reaches the target: the cheapest tried
 
     def reward(self, ratios: dict[str, float]) -> float:
         """Teacher agreement of the pruned (not fine-tuned) student on the validation batches."""
